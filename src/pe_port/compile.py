@@ -1,0 +1,129 @@
+"""From the Relax model to an executable: targets, exported functions and the build pipeline."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Callable
+
+import tvm
+from tvm import relax
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn.spec import MethodSpec, ModuleSpec
+from tvm.target import codegen
+
+from pe_port.config import PEConfig
+from pe_port.model import VisionTransformer
+
+DTYPES = ("float32", "float16", "bfloat16")
+# Compute capability the CUDA build targets unless told otherwise (H100).
+DEFAULT_CUDA_ARCH = "sm_90"
+
+
+class TargetError(ValueError):
+    """A target the port cannot compile for."""
+
+
+def cpu_target(num_cores: int | None = None) -> tvm.target.Target:
+    """An LLVM target for the CPU this process runs on, its features detected at run time.
+
+    Falls back to a generic CPU of the host architecture when LLVM does not know the name.
+    """
+    mcpu = codegen.llvm_get_system_cpu()
+    target: dict = {"kind": "llvm", "mtriple": _host_triple()}
+    if mcpu and codegen.llvm_is_valid_cpu(mcpu, target["mtriple"]):
+        target["mcpu"] = mcpu
+    if num_cores is not None:
+        target["num-cores"] = num_cores
+    return tvm.target.Target(target)
+
+
+def _host_triple() -> str:
+    machine = platform.machine()
+    return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}.get(
+        machine, f"{machine}-linux-gnu"
+    )
+
+
+def cuda_target(arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
+    """A CUDA target for `arch` (e.g. "sm_80"), with the host CPU as its host."""
+    return tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm",
+                                                                   "mtriple": _host_triple()})
+
+
+def resolve_target(target: str | dict | tvm.target.Target) -> tvm.target.Target:
+    """"cpu", "cuda", a TVM target dict, or a Target."""
+    if isinstance(target, tvm.target.Target):
+        return target
+    if target == "cpu":
+        return cpu_target()
+    if target == "cuda":
+        return cuda_target()
+    if isinstance(target, dict):
+        try:
+            return tvm.target.Target(target)
+        except Exception as err:  # TVM raises several error types for a bad dict
+            raise TargetError(f"invalid TVM target {target!r}: {err}") from None
+    raise TargetError(f"unknown target {target!r}; use 'cpu', 'cuda' or a TVM target dict")
+
+
+def is_gpu(target: tvm.target.Target) -> bool:
+    return "gpu" in target.keys
+
+
+def features_function_name(norm: bool, layer_idx: int, strip_cls_token: bool, layers: int) -> str:
+    """The exported name of one `forward_features` variant; the defaults keep the plain name."""
+    stop_idx = (layers + layer_idx) % layers
+    if (norm, stop_idx, strip_cls_token) == (False, layers - 1, False):
+        return "forward_features"
+    return f"forward_features_norm{int(norm)}_layer{stop_idx}_strip{int(strip_cls_token)}"
+
+
+def image_spec(dtype: str) -> nn.spec.Tensor:
+    """Pixels `[batch, 3, height, width]`: batch and image size are symbolic."""
+    return nn.spec.Tensor(["batch", 3, "height", "width"], dtype)
+
+
+def export_tower(
+    config: PEConfig, dtype: str, feature_variants: tuple[tuple[bool, int, bool], ...] = ()
+) -> tuple[tvm.IRModule, list[tuple[str, tuple[int, ...]]]]:
+    """The Relax IRModule of the tower: `forward`, `forward_features` and any other variant.
+
+    Each `(norm, layer_idx, strip_cls_token)` in `feature_variants` becomes one function, since
+    these choose the graph's structure. Returns the module and the parameters' names and shapes,
+    in the order the functions take them after the image.
+    """
+    model = VisionTransformer(config, dtype)
+    methods: dict[str, Callable] = {
+        "forward": model.forward,
+        "forward_features": model.forward_features,
+    }
+    for norm, layer_idx, strip in feature_variants:
+        name = features_function_name(norm, layer_idx, strip, config.layers)
+        methods[name] = functools.partial(
+            model.forward_features, norm=norm, layer_idx=layer_idx, strip_cls_token=strip
+        )
+    specs = [MethodSpec.from_raw({"x": image_spec(dtype)}, method) for method in methods.values()]
+    mod, params = model.export_tvm(ModuleSpec(model, list(methods), specs))
+    return mod, [(name, tuple(int(d) for d in param.shape)) for name, param in params]
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    """Compile a Relax module: the default pipeline on CPU, dlight GPU schedules on CUDA."""
+    if is_gpu(target):
+        mod = _schedule_for_gpu(mod, target)
+    return tvm.compile(mod, target)
+
+
+def _schedule_for_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    from tvm.s_tir import dlight
+
+    with target:
+        mod = relax.get_pipeline("zero")(mod)
+        return dlight.ApplyDefaultSchedule(
+            dlight.gpu.Matmul(),
+            dlight.gpu.GEMV(),
+            dlight.gpu.Reduction(),
+            dlight.gpu.GeneralReduction(),
+            dlight.gpu.Fallback(),
+        )(mod)

@@ -1,0 +1,146 @@
+"""Hand-written kernels of the port, kept apart from the model so each can be read and tested alone.
+
+`rope_qkv` splits the fused q|k|v projection into heads and applies PE's 2D rotary position
+embedding to q and k in one pass, computing every angle from the token's grid position inside the
+kernel. `resize_posemb` resizes the position-embedding grid bilinearly with PyTorch's
+`align_corners=False` arithmetic. Both work for any (symbolic) batch and grid.
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op
+from tvm.script import tirx as T
+
+ROPE_THETA = 10000.0
+
+
+def rope_rotated_dim(head_dim: int) -> int:
+    """Features of a head that RoPE rotates: 2 axes x (head_dim // 4) pairs; the rest pass."""
+    return 4 * ((head_dim // 2) // 2)
+
+
+def make_rope_qkv_kernel(heads: int, head_dim: int, use_cls_token: bool, dtype: str):
+    """Build the TIR kernel `qkv [b, s, 3 * heads * head_dim] -> q, k, v [b, s, heads, head_dim]`.
+
+    Why a kernel: the original builds a table of angles per grid on the host and multiplies it in;
+    here the angle of feature `d` of token `s` is derived from `(s, grid_w)` where it is used, so
+    one compiled function serves every grid size and no table travels at run time. Splitting the
+    fused projection in the same pass saves two copies of the activations.
+
+    Layout of one head's features (`n = head_dim // 4` frequencies per axis, `P = 2 n`):
+    `[0, P)` rotate with the token's column x, `[P, 2P)` with its row y, `[2P, head_dim)` pass
+    unchanged. Feature `d` of an axis uses frequency `i = (d % P) // 2` (each angle serves an
+    adjacent pair), `inv_freq(i) = 10000 ** -(2 i / (head_dim // 2))`. With a cls token the grid
+    positions start at 1 and token 0 is not rotated. Angles are computed in float32 whatever the
+    activation dtype, as the original does.
+    """
+    width = heads * head_dim
+    axis_dim = head_dim // 2
+    pair_span = 2 * (axis_dim // 2)
+    rotated = 2 * pair_span
+    first_patch = 1 if use_cls_token else 0
+
+    def angle(s, d, grid_w):
+        patch = s - first_patch
+        col = T.Cast("float32", patch % grid_w + first_patch)
+        row = T.Cast("float32", patch // grid_w + first_patch)
+        position = T.Select(d < pair_span, col, row)
+        freq_index = (d % pair_span) // 2
+        exponent = T.Cast("float32", 2 * freq_index) / T.float32(axis_dim)
+        inv_freq = T.float32(1.0) / T.pow(T.float32(ROPE_THETA), exponent)
+        return T.Select(s < first_patch, T.float32(0.0), position * inv_freq)
+
+    def rotate(qkv, b, s, base, d, grid_w):
+        """Feature `d` of the head starting at `base`, rotated: partner of a pair is d ^ 1."""
+        theta = angle(s, d, grid_w)
+        value = T.Cast("float32", qkv[b, s, base + d])
+        partner = T.Cast(
+            "float32",
+            qkv[b, s, base + T.Select(d % 2 == 0, d + 1, d - 1)],
+        )
+        signed_partner = T.Select(d % 2 == 0, -partner, partner)
+        return T.Cast(dtype, value * T.cos(theta) + signed_partner * T.sin(theta))
+
+    @T.prim_func(private=True, s_tir=True)
+    def rope_qkv(
+        var_qkv: T.handle,
+        grid_w: T.int64,
+        var_q: T.handle,
+        var_k: T.handle,
+        var_v: T.handle,
+    ):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
+        batch = T.int64()
+        seq = T.int64()
+        qkv = T.match_buffer(var_qkv, (batch, seq, 3 * width), dtype)
+        q = T.match_buffer(var_q, (batch, seq, heads, head_dim), dtype)
+        k = T.match_buffer(var_k, (batch, seq, heads, head_dim), dtype)
+        v = T.match_buffer(var_v, (batch, seq, heads, head_dim), dtype)
+        for b, s, h, d in T.grid(batch, seq, heads, head_dim):
+            with T.sblock("rope_qkv"):
+                vb, vs, vh, vd = T.axis.remap("SSSS", [b, s, h, d])
+                if vd < rotated:
+                    q[vb, vs, vh, vd] = rotate(qkv, vb, vs, vh * head_dim, vd, grid_w)
+                    k[vb, vs, vh, vd] = rotate(qkv, vb, vs, width + vh * head_dim, vd, grid_w)
+                else:
+                    q[vb, vs, vh, vd] = qkv[vb, vs, vh * head_dim + vd]
+                    k[vb, vs, vh, vd] = qkv[vb, vs, width + vh * head_dim + vd]
+                v[vb, vs, vh, vd] = qkv[vb, vs, 2 * width + vh * head_dim + vd]
+
+    return rope_qkv
+
+
+def rope_qkv(
+    qkv: nn.Tensor, grid_w, heads: int, head_dim: int, use_cls_token: bool
+) -> tuple[nn.Tensor, nn.Tensor, nn.Tensor]:
+    """Split `qkv [b, s, 3 * width]` into rotated q, rotated k and v, each `[b, s, heads, hd]`."""
+    batch, seq, _ = qkv.shape
+    kernel = make_rope_qkv_kernel(heads, head_dim, use_cls_token, qkv.dtype)
+    head_shape = (batch, seq, heads, head_dim)
+    return op.tensor_ir_op(
+        kernel,
+        "rope_qkv",
+        args=[qkv, grid_w],
+        out=tuple(nn.Tensor.placeholder(head_shape, qkv.dtype) for _ in range(3)),
+    )
+
+
+def resize_posemb(grid: nn.Tensor, out_h, out_w) -> nn.Tensor:
+    """Bilinearly resize a `[side, side, width]` grid to `[out_h, out_w, width]`.
+
+    Why a kernel: this is `F.interpolate(mode="bilinear", align_corners=False)` written out so
+    its arithmetic is visibly PyTorch's: source coordinate `(dst + 0.5) * in / out - 0.5`,
+    clamped at 0, the upper neighbour clamped to the last row/column. Channels-last keeps the
+    result ready to add to the tokens without a transpose. The output size may be symbolic.
+    """
+
+    def source_coord(dst, in_size, out_size):
+        scale = tirx.Cast("float32", in_size) / tirx.Cast("float32", out_size)
+        src = (tirx.Cast("float32", dst) + 0.5) * scale - 0.5
+        return tirx.max(src, tirx.const(0.0, "float32"))
+
+    def compute(table: te.Tensor, out_h_var, out_w_var):
+        side_h, side_w, width = table.shape
+
+        def sample(y, x, c):
+            src_y = source_coord(y, side_h, out_h_var)
+            src_x = source_coord(x, side_w, out_w_var)
+            y0 = tirx.Cast("int64", tirx.floor(src_y))
+            x0 = tirx.Cast("int64", tirx.floor(src_x))
+            y1 = tirx.min(y0 + 1, side_h - 1)
+            x1 = tirx.min(x0 + 1, side_w - 1)
+            wy = src_y - tirx.Cast("float32", y0)
+            wx = src_x - tirx.Cast("float32", x0)
+
+            def at(yy, xx):
+                return tirx.Cast("float32", table[yy, xx, c])
+
+            top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
+            bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
+            return tirx.Cast(table.dtype, top * (1 - wy) + bottom * wy)
+
+        return te.compute((out_h_var, out_w_var, width), sample, name="resize_posemb")
+
+    return op.tensor_expr_op(compute, "resize_posemb", args=[grid, out_h, out_w])

@@ -1,0 +1,255 @@
+"""The PE vision tower as Relax `nn.Module`s, one per module of the original `pe.py`.
+
+Parameter names equal the official state-dict keys (`transformer.resblocks.0.attn.in_proj_weight`,
+`attn_pool.probe`, ...), so loading a checkpoint is a lookup, not a rename table. The batch and
+the patch grid are symbolic: one compiled function serves every batch size and every image size
+that is a multiple of the patch.
+"""
+
+from __future__ import annotations
+
+from tvm import relax, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op
+
+from pe_port.config import PEConfig
+from pe_port.kernels import resize_posemb, rope_qkv
+
+LN_EPS = 1e-5
+
+
+def _attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
+    """softmax(q k^T * scale) v over `[b, s, heads, head_dim]` inputs, returned `[b, s, h, d]`."""
+    q, k, v = (op.permute_dims(t, [0, 2, 1, 3]) for t in (q, k, v))
+    scores = op.matmul(q, op.permute_dims(k, [0, 1, 3, 2])) * scale
+    out = op.matmul(op.softmax(scores, axis=-1), v)
+    return op.permute_dims(out, [0, 2, 1, 3])
+
+
+def _linear(x: nn.Tensor, weight: nn.Tensor, bias: nn.Tensor) -> nn.Tensor:
+    """`x @ weight.T + bias`, PyTorch's `F.linear` on a `[out, in]` weight."""
+    return op.matmul(x, op.permute_dims(weight)) + bias
+
+
+class LayerScale(nn.Module):
+    """`x * gamma`: a learned per-channel scale on a residual branch."""
+
+    def __init__(self, dim: int, dtype: str) -> None:
+        self.gamma = nn.Parameter((dim,), dtype)
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    """`c_proj(gelu(c_fc(x)))` with the exact (erf) GELU; the original's `nn.Sequential`."""
+
+    def __init__(self, width: int, hidden: int, dtype: str) -> None:
+        self.c_fc = nn.Linear(width, hidden, dtype=dtype)
+        self.c_proj = nn.Linear(hidden, width, dtype=dtype)
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        return self.c_proj(op.gelu(self.c_fc(x)))
+
+
+class MultiheadAttention(nn.Module):
+    """PyTorch's `nn.MultiheadAttention` (batch first, with biases) for a separate query."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dtype: str) -> None:
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.in_proj_weight = nn.Parameter((3 * embed_dim, embed_dim), dtype)
+        self.in_proj_bias = nn.Parameter((3 * embed_dim,), dtype)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, dtype=dtype)
+
+    def forward(self, query: nn.Tensor, tokens: nn.Tensor) -> nn.Tensor:
+        batch, query_len, width = query.shape
+        seq = tokens.shape[1]
+        # The fused in-projection holds q | k | v along its rows.
+        w_q, w_kv = op.split(self.in_proj_weight, [width], axis=0)
+        b_q, b_kv = op.split(self.in_proj_bias, [width], axis=0)
+        q = _linear(query, w_q, b_q)
+        k, v = op.split(_linear(tokens, w_kv, b_kv), 2, axis=2)
+        heads = (self.num_heads, self.head_dim)
+        out = _attention(
+            op.reshape(q, (batch, query_len, *heads)),
+            op.reshape(k, (batch, seq, *heads)),
+            op.reshape(v, (batch, seq, *heads)),
+            scale=self.head_dim**-0.5,
+        )
+        return self.out_proj(op.reshape(out, (batch, query_len, width)))
+
+
+class AttentionPooling(nn.Module):
+    """A learned probe attends over all tokens; an MLP then refines the pooled vector."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dtype: str, mlp_ratio: int = 4) -> None:
+        self.probe = nn.Parameter((1, 1, embed_dim), dtype)
+        self.attn = MultiheadAttention(embed_dim, num_heads, dtype)
+        self.layernorm = nn.LayerNorm(embed_dim, eps=LN_EPS, dtype=dtype)
+        self.mlp = Mlp(embed_dim, embed_dim * mlp_ratio, dtype)
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        batch, _, width = x.shape
+        query = op.broadcast_to(self.probe, (batch, 1, width))
+        pooled = self.attn(query, x)
+        return pooled + self.mlp(self.layernorm(pooled))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused q|k|v projection and 2D RoPE on q and k."""
+
+    def __init__(self, config: PEConfig, dtype: str) -> None:
+        width = config.width
+        self.num_heads = config.heads
+        self.head_dim = config.head_dim
+        self.use_rope2d = config.use_rope2d
+        self.use_cls_token = config.use_cls_token
+        self.in_proj_weight = nn.Parameter((3 * width, width), dtype)
+        self.in_proj_bias = nn.Parameter((3 * width,), dtype)
+        self.out_proj = nn.Linear(width, width, dtype=dtype)
+
+    def split_heads(self, qkv: nn.Tensor, grid_w) -> tuple[nn.Tensor, nn.Tensor, nn.Tensor]:
+        """q, k, v `[b, s, heads, head_dim]` from the fused projection, q and k rotated."""
+        if self.use_rope2d:
+            return rope_qkv(qkv, grid_w, self.num_heads, self.head_dim, self.use_cls_token)
+        batch, seq, _ = qkv.shape
+        qkv = op.reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
+        q, k, v = op.split(qkv, 3, axis=2)
+        return tuple(op.squeeze(t, 2) for t in (q, k, v))
+
+    def forward(self, x: nn.Tensor, grid_w) -> nn.Tensor:
+        batch, seq, width = x.shape
+        qkv = _linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = self.split_heads(qkv, grid_w)
+        out = _attention(q, k, v, scale=self.head_dim**-0.5)
+        return self.out_proj(op.reshape(out, (batch, seq, width)))
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm block: `x += ls_1(attn(ln_1(x)))`, then `x += ls_2(mlp(ln_2(x)))`."""
+
+    def __init__(self, config: PEConfig, dtype: str) -> None:
+        width = config.width
+        self.attn = SelfAttention(config, dtype)
+        self.ln_1 = nn.LayerNorm(width, eps=LN_EPS, dtype=dtype)
+        self.ln_2 = nn.LayerNorm(width, eps=LN_EPS, dtype=dtype)
+        self.mlp = Mlp(width, config.mlp_width, dtype)
+        # Without LayerScale the original uses nn.Identity: no parameter, no multiply.
+        self.ls_1 = LayerScale(width, dtype) if config.use_layer_scale else None
+        self.ls_2 = LayerScale(width, dtype) if config.use_layer_scale else None
+
+    def forward(self, x: nn.Tensor, grid_w) -> nn.Tensor:
+        x = x + _scaled(self.ls_1, self.attn(self.ln_1(x), grid_w))
+        return x + _scaled(self.ls_2, self.mlp(self.ln_2(x)))
+
+
+def _scaled(layer_scale: LayerScale | None, x: nn.Tensor) -> nn.Tensor:
+    return x if layer_scale is None else layer_scale(x)
+
+
+class Transformer(nn.Module):
+    """The stack of residual blocks; `layer_idx` picks the last block run (-1: all of them)."""
+
+    def __init__(self, config: PEConfig, dtype: str) -> None:
+        self.layers = config.layers
+        self.resblocks = nn.ModuleList(
+            [ResidualAttentionBlock(config, dtype) for _ in range(config.layers)]
+        )
+
+    def forward(self, x: nn.Tensor, grid_w, layer_idx: int = -1) -> nn.Tensor:
+        stop_idx = (self.layers + layer_idx) % self.layers
+        for block in self.resblocks[: stop_idx + 1]:
+            x = block(x, grid_w)
+        return x
+
+
+class VisionTransformer(nn.Module):
+    """The PE vision tower: patchify, embed, run the blocks, pool and project."""
+
+    def __init__(self, config: PEConfig, dtype: str = "float32") -> None:
+        width = config.width
+        self.config = config
+        self.dtype = dtype
+        self.conv1 = nn.Conv2D(
+            3, width, kernel_size=config.patch_size, stride=config.patch_size, bias=False,
+            dtype=dtype,
+        )
+        if config.use_cls_token:
+            self.class_embedding = nn.Parameter((width,), dtype)
+        if config.use_abs_posemb:
+            self.positional_embedding = nn.Parameter((config.num_pos, width), dtype)
+        self.ln_pre = nn.LayerNorm(width, eps=LN_EPS, dtype=dtype) if config.use_ln_pre else None
+        self.transformer = Transformer(config, dtype)
+        self.ln_post = nn.LayerNorm(width, eps=LN_EPS, dtype=dtype) if config.use_ln_post else None
+        if config.pool_type == "attn":
+            self.attn_pool = AttentionPooling(width, config.attn_pooler_heads, dtype)
+        if config.output_dim is not None:
+            self.proj = nn.Parameter((width, config.output_dim), dtype)
+
+    def sample_abs_posemb(self, grid_h, grid_w) -> nn.Tensor:
+        """The position embedding `[1, tokens, width]` for a `grid_h x grid_w` grid.
+
+        Stored for the pretrain grid; resized bilinearly for any other. When the grid is the
+        pretrain one the resize is an exact identity, so one graph covers both cases.
+        """
+        cfg = self.config
+        side = cfg.grid_size
+        cls_rows = int(cfg.use_cls_token)
+        pos = self.positional_embedding
+        grid = op.reshape(pos if not cls_rows else op.split(pos, [1], axis=0)[1],
+                          (side, side, cfg.width))
+        grid = op.reshape(resize_posemb(grid, grid_h, grid_w), (grid_h * grid_w, cfg.width))
+        if cls_rows:
+            grid = op.concat([op.split(pos, [1], axis=0)[0], grid], dim=0)
+        return op.unsqueeze(grid, 0)
+
+    def embed(self, x: nn.Tensor) -> tuple[nn.Tensor, tirx.PrimExpr]:
+        """Pixels `[b, 3, H, W]` to tokens `[b, (cls +) gh*gw, width]` after ln_pre."""
+        cfg = self.config
+        batch, _, height, width_px = x.shape
+        grid_h, grid_w = height // cfg.patch_size, width_px // cfg.patch_size
+        patches = self.conv1(x)  # [b, width, gh, gw]
+        tokens = op.permute_dims(op.reshape(patches, (batch, cfg.width, grid_h * grid_w)),
+                                 [0, 2, 1])
+        if cfg.use_cls_token:
+            cls = op.broadcast_to(op.reshape(self.class_embedding, (1, 1, cfg.width)),
+                                  (batch, 1, cfg.width))
+            tokens = op.concat([cls, tokens], dim=1)
+        if cfg.use_abs_posemb:
+            tokens = tokens + self.sample_abs_posemb(grid_h, grid_w)
+        if self.ln_pre is not None:
+            tokens = self.ln_pre(tokens)
+        return tokens, grid_w
+
+    def pool(self, x: nn.Tensor) -> nn.Tensor:
+        pool_type = self.config.pool_type
+        if pool_type == "tok":
+            return op.squeeze(op.split(x, [1], axis=1)[0], 1)
+        if pool_type == "avg":
+            return op.wrap_nested(relax.op.mean(x._expr, axis=1), "avg_pool")
+        if pool_type == "attn":
+            return op.squeeze(self.attn_pool(x), 1)
+        return x
+
+    def forward_features(
+        self,
+        x: nn.Tensor,
+        norm: bool = False,
+        layer_idx: int = -1,
+        strip_cls_token: bool = False,
+    ) -> nn.Tensor:
+        tokens, grid_w = self.embed(x)
+        tokens = self.transformer(tokens, grid_w, layer_idx=layer_idx)
+        if norm and self.ln_post is not None:
+            tokens = self.ln_post(tokens)
+        if strip_cls_token and self.config.use_cls_token:
+            tokens = op.split(tokens, [1], axis=1)[1]
+        return tokens
+
+    def forward(self, x: nn.Tensor, layer_idx: int = -1) -> nn.Tensor:
+        pooled = self.pool(self.forward_features(x, norm=True, layer_idx=layer_idx))
+        if self.config.output_dim is not None:
+            pooled = op.matmul(pooled, self.proj)
+        return pooled
+

@@ -1,0 +1,130 @@
+"""A compiled tower with its weights on a device, callable like the original module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from pe_port.compile import build, export_tower, features_function_name, is_gpu
+from pe_port.config import PEConfig
+
+
+class InputError(ValueError):
+    """Input the tower cannot take (wrong rank, channels, size, dtype, or non-finite values)."""
+
+
+class WeightError(ValueError):
+    """Weights that do not fit the config: missing, unexpected or wrongly shaped keys."""
+
+
+def check_weights(
+    expected: list[tuple[str, tuple[int, ...]]], weights: Mapping[str, np.ndarray]
+) -> None:
+    """Every expected key present with its shape and no other key; the error names them all."""
+    problems = []
+    expected_names = {name for name, _ in expected}
+    missing = [name for name, _ in expected if name not in weights]
+    unexpected = sorted(set(weights) - expected_names)
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    for name, shape in expected:
+        if name in weights and tuple(weights[name].shape) != shape:
+            problems.append(
+                f"{name} has shape {tuple(weights[name].shape)}, the config needs {shape}"
+            )
+    if problems:
+        raise WeightError("weights do not match the config: " + "; ".join(problems))
+
+
+def to_numpy_dtype(dtype: str):
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(dtype)
+
+
+class CompiledTower:
+    """`forward` and `forward_features` of one config, compiled for one target and dtype."""
+
+    def __init__(
+        self,
+        config: PEConfig,
+        target: tvm.target.Target,
+        dtype: str,
+        weights: Mapping[str, np.ndarray],
+        executable: relax.VMExecutable | None = None,
+        compile_fn: Callable[[tvm.IRModule, tvm.target.Target], relax.VMExecutable] = build,
+    ) -> None:
+        self.config = config
+        self.target = target
+        self.dtype = dtype
+        self._compile = compile_fn
+        mod, self.param_specs = export_tower(config, dtype)
+        check_weights(self.param_specs, weights)
+        self.device = tvm.cuda(0) if is_gpu(target) else tvm.cpu(0)
+        self.executable = executable if executable is not None else compile_fn(mod, target)
+        self._vms = {"forward": self._vm(self.executable), "forward_features": None}
+        self._vms["forward_features"] = self._vms["forward"]
+        np_dtype = to_numpy_dtype(dtype)
+        self._params = [
+            tvm.runtime.tensor(np.asarray(weights[name], dtype=np.float32).astype(np_dtype),
+                               self.device)
+            for name, _ in self.param_specs
+        ]
+
+    def _vm(self, executable: relax.VMExecutable) -> relax.VirtualMachine:
+        return relax.VirtualMachine(executable, self.device)
+
+    def _function(self, name: str, variant: tuple[bool, int, bool] | None):
+        if name not in self._vms:
+            mod, _ = export_tower(self.config, self.dtype, feature_variants=(variant,))
+            self._vms[name] = self._vm(self._compile(mod, self.target))
+        return self._vms[name][name]
+
+    def check_images(self, images: np.ndarray) -> np.ndarray:
+        """Validate `[N, 3, H, W]` float pixels; H and W multiples of the patch."""
+        if not isinstance(images, np.ndarray):
+            raise InputError(f"images must be a numpy array, got {type(images).__name__}")
+        if images.dtype != np.float32:
+            raise InputError(f"images must be float32, got {images.dtype}")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"images must have shape (N, 3, H, W), got {images.shape}")
+        patch = self.config.patch_size
+        n, _, height, width = images.shape
+        if n == 0 or height == 0 or width == 0:
+            raise InputError(f"images must not be empty, got shape {images.shape}")
+        if height % patch or width % patch:
+            raise InputError(
+                f"image size {height}x{width} is not a multiple of the patch size {patch}"
+            )
+        if not np.isfinite(images).all():
+            raise InputError("images contain NaN or Inf")
+        return images
+
+    def _run(self, name: str, images: np.ndarray, variant=None) -> np.ndarray:
+        images = self.check_images(images)
+        x = tvm.runtime.tensor(images.astype(to_numpy_dtype(self.dtype)), self.device)
+        out = self._function(name, variant)(x, *self._params)
+        return out.numpy().astype(np.float32)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """What the official `forward` returns."""
+        return self._run("forward", images)
+
+    def forward_features(
+        self,
+        images: np.ndarray,
+        layer_idx: int = -1,
+        norm: bool = False,
+        strip_cls_token: bool = False,
+    ) -> np.ndarray:
+        """What the official `forward_features` returns (tokens of block `layer_idx`)."""
+        layers = self.config.layers
+        name = features_function_name(norm, layer_idx, strip_cls_token, layers)
+        return self._run(name, images, variant=(norm, layer_idx, strip_cls_token))
