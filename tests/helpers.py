@@ -55,3 +55,32 @@ def rel_error(actual: np.ndarray, expected) -> float:
     actual = np.asarray(actual, dtype=np.float64)
     assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
     return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def compile_component(module, inputs: dict):
+    """Compile one Relax nn module's `forward` with the user pipeline for this CPU.
+
+    Returns `run(weights, *args)`: weights by the module's own parameter names, tensors as numpy
+    arrays and symbolic ints as Python ints.
+    """
+    import tvm
+    from tvm import relax
+
+    from pe_port.compile import build, cpu_target
+
+    mod, params = module.export_tvm({"forward": inputs})
+    vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
+    names = [name for name, _ in params]
+
+    def to_tvm(value):
+        if isinstance(value, int):
+            return tvm.runtime.ShapeTuple([value])
+        return tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32))
+
+    def run(weights: dict[str, np.ndarray], *args):
+        out = vm["forward"](*[to_tvm(a) for a in args], *[to_tvm(weights[n]) for n in names])
+        if isinstance(out, tvm.runtime.Tensor):
+            return out.numpy()
+        return tuple(o.numpy() for o in out)
+
+    return run
