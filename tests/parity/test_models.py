@@ -1,0 +1,128 @@
+"""Whole towers against the reference: every family at small sizes, and two real configs.
+
+Tolerance: relative error 1e-4 for a whole model against a float64 reference (fp32 rounding
+compounds over the blocks; measured errors sit near 1e-6).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pe_port.compile import cpu_target
+from pe_port.config import custom_config, get_config
+from pe_port.runtime import CompiledTower
+from tests.helpers import numpy_weights, random_images, reference_model, rel_error
+
+TOLERANCE = 1e-4
+
+# Small towers shaped like each family: Core (cls, attention pool, projection, ln_post),
+# Lang / Spatial G (no cls, LayerScale, no pool), Spatial / Lang L (cls, maybe LayerScale).
+FAMILIES = {
+    "core": dict(),
+    "core-no-cls": dict(use_cls_token=False),
+    "lang": dict(pool_type="none", use_ln_post=False, output_dim=None, ls_init_value=0.1),
+    "spatial-g": dict(pool_type="none", use_ln_post=False, output_dim=None, ls_init_value=0.1,
+                      use_cls_token=False),
+    "spatial": dict(pool_type="none", use_ln_post=False, output_dim=None),
+    "tok-pool": dict(pool_type="tok", output_dim=None, heads=4),
+    "avg-pool": dict(pool_type="avg", width=24, heads=4, use_ln_pre=False),
+    "no-abs-posemb": dict(use_abs_posemb=False, use_rope2d=True, layers=1),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def small_tower(family: str, seed: int = 0):
+    cfg = custom_config(**FAMILIES[family])
+    ref = reference_model(cfg, seed)
+    return ref, CompiledTower(cfg, cpu_target(), "float32", numpy_weights(ref))
+
+
+def reference_forward(ref, images: np.ndarray, **features) -> np.ndarray:
+    x = torch.from_numpy(images).double()
+    with torch.no_grad():
+        if features:
+            return ref.forward_features(x, **features).numpy()
+        return ref(x).numpy()
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    error = rel_error(got, want)
+    assert error <= TOLERANCE, f"relative error {error:.2e} > {TOLERANCE:.0e}"
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    family=st.sampled_from(sorted(FAMILIES)),
+    batch=st.integers(1, 3),
+    grid_h=st.integers(1, 7),
+    grid_w=st.integers(1, 7),
+    seed=st.integers(0, 2**16),
+)
+def test_forward_matches_reference_for_every_family(family, batch, grid_h, grid_w, seed):
+    ref, tower = small_tower(family)
+    patch = tower.config.patch_size
+    images = random_images(batch, grid_h * patch, grid_w * patch, seed)
+    assert_close(tower(images), reference_forward(ref, images))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    family=st.sampled_from(["core", "spatial-g", "lang"]),
+    layer_idx=st.integers(-3, 1),
+    norm=st.booleans(),
+    strip=st.booleans(),
+    grid=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_forward_features_matches_reference_for_every_option(
+    family, layer_idx, norm, strip, grid, seed
+):
+    ref, tower = small_tower(family)
+    images = random_images(2, grid * 8, 32, seed)
+    options = dict(norm=norm, layer_idx=layer_idx, strip_cls_token=strip)
+    got = tower.forward_features(images, **options)
+    assert_close(got, reference_forward(ref, images, **options))
+
+
+def test_every_parameter_changes_the_output():
+    """The parity tests can fail: perturbing any single weight moves the output far past 1e-4."""
+    ref, tower = small_tower("core")
+    images = random_images(2, 32, 40, seed=7)
+    baseline = tower(images)
+    weights = numpy_weights(ref)
+    for name in weights:
+        perturbed = dict(weights)
+        perturbed[name] = weights[name] + 0.5 * np.sign(weights[name] + 1e-3)
+        moved = CompiledTower(tower.config, tower.target, "float32", perturbed,
+                              executable=tower.executable)(images)
+        assert rel_error(moved, baseline) > 100 * TOLERANCE, f"{name} has no effect"
+
+
+@functools.lru_cache(maxsize=None)
+def real_tower(name: str):
+    cfg = get_config(name)
+    ref = reference_model(cfg, seed=1)
+    return ref, CompiledTower(cfg, cpu_target(), "float32", numpy_weights(ref))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, height, width",
+    [
+        ("PE-Core-T16-384", 384, 384),
+        ("PE-Core-T16-384", 224, 320),
+        ("PE-Spatial-T16-512", 512, 512),
+        ("PE-Spatial-T16-512", 256, 192),
+    ],
+)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_official_config_matches_reference(name, height, width, batch):
+    ref, tower = real_tower(name)
+    images = random_images(batch, height, width, seed=batch)
+    assert_close(tower(images), reference_forward(ref, images))
