@@ -109,21 +109,79 @@ def export_tower(
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    """Compile a Relax module: the default pipeline on CPU, dlight GPU schedules on CUDA."""
+    """Compile a Relax module: TVM's default pipeline on CPU, dlight GPU schedules on CUDA."""
     if is_gpu(target):
-        mod = _schedule_for_gpu(mod, target)
+        return tvm.compile(mod, target, relax_pipeline=_gpu_pipeline(target))
     return tvm.compile(mod, target)
 
 
-def _schedule_for_gpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+def _gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CUDA pipeline with `schedule_for_gpu` in place of its dlight step."""
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            legalize = [p for p in cuda.legalize_passes(target)
+                        if "ApplyDefaultSchedule" not in type(p).__name__]
+            passes = (cuda.library_dispatch_passes(target) + legalize
+                      + [schedule_for_gpu(target)]
+                      + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
+
+
+def schedule_for_gpu(target: tvm.target.Target) -> tvm.transform.Pass:
+    """Give every kernel the first dlight GPU schedule that applies to it.
+
+    Like `dlight.ApplyDefaultSchedule`, except that a rule which fails on a kernel (the general
+    reduction rule does on the attention pool's one-query matmul) passes it to the next rule
+    instead of failing the build; `Fallback` schedules anything.
+    """
+    from tvm import s_tir, tirx
     from tvm.s_tir import dlight
 
-    with target:
-        mod = relax.get_pipeline("zero")(mod)
-        return dlight.ApplyDefaultSchedule(
-            dlight.gpu.Matmul(),
-            dlight.gpu.GEMV(),
-            dlight.gpu.Reduction(),
-            dlight.gpu.GeneralReduction(),
-            dlight.gpu.Fallback(),
-        )(mod)
+    rules = [
+        dlight.gpu.Matmul(),
+        dlight.gpu.GEMV(),
+        dlight.gpu.Reduction(),
+        dlight.gpu.GeneralReduction(),
+        dlight.gpu.Fallback(),
+    ]
+
+    def first_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+        for rule in rules:
+            try:
+                space = rule.apply(func, target, False)
+            except s_tir.ScheduleError:
+                continue
+            if space is None:
+                continue
+            scheduled = (space if isinstance(space, s_tir.Schedule) else space[0]).mod["main"]
+            if _has_symbolic_scratch(scheduled):
+                continue  # CUDA cannot allocate registers or shared memory of symbolic size
+            return scheduled.with_attr("tirx.is_scheduled", True)
+        return None
+
+    @tvm.transform.module_pass(opt_level=0, name="ScheduleForGPU")
+    def schedule(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        for gvar, func in list(mod.functions_items()):
+            if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled"):
+                scheduled = first_schedule(func)
+                if scheduled is not None:
+                    mod[gvar] = scheduled
+        return mod
+
+    return schedule
+
+
+def _has_symbolic_scratch(func) -> bool:
+    """Whether a scheduled kernel has a register or shared buffer of non-constant size."""
+    from tvm import tirx
+    from tvm.s_tir.analysis import detect_buffer_access_lca
+
+    return any(
+        buf.scope() != "global" and not all(isinstance(d, tirx.IntImm) for d in buf.shape)
+        for buf in detect_buffer_access_lca(func)
+    )
