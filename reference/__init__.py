@@ -12,6 +12,7 @@ from reference.pe import (
     Transformer,
     VisionTransformer,
 )
+from reference.random_weights import randomize_
 from reference.rope import Rope2D, apply_rope, rope_angles
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "Transformer",
     "VisionTransformer",
     "apply_rope",
+    "randomize_",
     "rope_angles",
 ]

@@ -7,32 +7,7 @@ import torch
 
 import reference
 from pe_port.config import PEConfig
-
-
-def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Fill every parameter with random values: no zero bias, no constant gamma or norm weight.
-
-    Matrices get fan-in scaling so activations stay O(1) through deep stacks; vectors (biases,
-    LayerNorm affine, LayerScale gamma) get values far from any init constant, so a dropped or
-    misplaced vector changes the output visibly.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            noise = torch.randn(param.shape, generator=gen, dtype=torch.float64)
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
-                              "layernorm.weight")):
-                value = 1.0 + 0.3 * noise
-            elif name.endswith("gamma"):
-                value = 0.5 + 0.5 * noise
-            elif param.ndim >= 2 and "embedding" not in name and name != "attn_pool.probe":
-                fan_in = param[0].numel()
-                value = noise * fan_in**-0.5
-            else:
-                value = 0.5 * noise
-            # Round through float32 so the TVM fp32 weights equal the float64 reference's.
-            param.copy_(value.float().to(param.dtype))
-    return module
+from reference.random_weights import randomize_
 
 
 def reference_model(config: PEConfig, seed: int = 0) -> reference.VisionTransformer:

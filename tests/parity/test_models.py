@@ -36,7 +36,7 @@ FAMILIES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small_tower(family: str, seed: int = 0):
     cfg = custom_config(**FAMILIES[family])
     ref = reference_model(cfg, seed)
@@ -104,7 +104,7 @@ def test_every_parameter_changes_the_output():
         assert rel_error(moved, baseline) > 100 * TOLERANCE, f"{name} has no effect"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def real_tower(name: str):
     cfg = get_config(name)
     ref = reference_model(cfg, seed=1)

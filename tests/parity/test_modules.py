@@ -48,7 +48,7 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
     assert error <= TOLERANCE, f"relative error {error:.2e} > {TOLERANCE:.0e}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(kind: str, layer_idx: int = -1, **config_fields):
     cfg = custom_config(**config_fields)
     width = cfg.width

@@ -29,7 +29,7 @@ class RopeQKV(nn.Module):
         return rope_qkv(qkv, grid_w, self.heads, self.head_dim, self.use_cls_token)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_rope(heads: int, head_dim: int, use_cls_token: bool):
     spec = {
         "qkv": nn.spec.Tensor(["batch", "seq", 3 * heads * head_dim], "float32"),
