@@ -1,22 +1,153 @@
-"""The `pe-port` command line. Errors in the user's input print one line and exit with 2."""
+"""The `pe-port` command line. A problem with the user's input prints one line and exits with 2.
+
+No file the CLI writes is ever left half-written: outputs are staged and renamed into place.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from pathlib import Path
 
-from pe_port.config import ConfigError
-from pe_port.preprocess import ImageError
-from pe_port.runtime import InputError, WeightError
+import numpy as np
 
-USER_ERRORS = (ConfigError, ImageError, InputError, WeightError, OSError)
+from pe_port.config import MODEL_NAMES
+from pe_port.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _demo(_args: argparse.Namespace) -> int:
+def _cmd_list(_args: argparse.Namespace) -> int:
+    from pe_port.checkpoint import cached_checkpoint
+    from pe_port.config import get_config
+    from pe_port.params import parameter_count
+
+    print(f"{'model':<26}{'params':>10}{'native size':>13}  weights")
+    for name in MODEL_NAMES:
+        config = get_config(name)
+        cached = "cached" if cached_checkpoint(name) else "not downloaded"
+        size = f"{config.image_size}x{config.image_size}"
+        print(f"{name:<26}{parameter_count(config) / 1e6:>9.1f}M{size:>13}  {cached}")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from pe_port.checkpoint import download_checkpoint
+    from pe_port.config import get_config
+
+    names = list(MODEL_NAMES) if args.all else args.names
+    if not names:
+        raise UserError("name at least one model, or pass --all")
+    for name in names:
+        get_config(name)  # an unknown name fails before any download starts
+    for name in names:
+        print(f"pe-port: downloading {name}", file=sys.stderr, flush=True)
+        print(download_checkpoint(name))
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from pe_port.api import load
+
+    output = _checked_output_file(args.output)
+    images_in = _input_kind(args.input)
+    encoder = load(args.model, args.checkpoint, args.target, args.dtype)
+    if images_in == "npy":
+        pixels = _read_npy(Path(args.input[0]))
+    else:
+        pixels = encoder.preprocess(_image_files(args.input), center_crop=args.center_crop)
+    if args.features:
+        result = encoder.forward_features(pixels, layer_idx=args.layer_idx, norm=args.norm,
+                                          strip_cls_token=args.strip_cls)
+    else:
+        result = encoder(pixels)
+    _save_npy_atomically(output, result)
+    print(f"pe-port: wrote {output} {result.shape}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pe_port.api import load
+
+    out = Path(args.output)
+    _check_writable_dir(out.parent if str(out.parent) else Path("."))
+    encoder = load(args.model, args.checkpoint, args.target, args.dtype)
+    encoder.export(out)
+    print(f"pe-port: exported {args.model} to {out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(_args: argparse.Namespace) -> int:
     from pe_port.demo import run_demo
 
-    error = run_demo()
-    return 0 if error <= 1e-4 else 1
+    return 0 if run_demo() <= 1e-4 else 1
+
+
+def _input_kind(inputs: list[str]) -> str:
+    if len(inputs) == 1 and inputs[0].endswith(".npy"):
+        return "npy"
+    for item in inputs:
+        if item.endswith(".npy"):
+            raise UserError("a .npy input must be given alone")
+        if not Path(item).exists():
+            raise UserError(f"input {item} does not exist")
+    return "images"
+
+
+def _image_files(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        else:
+            files.append(item)
+    return files
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"input {path} does not exist")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"cannot read {path} as a .npy array: {err}") from None
+    if array.dtype != np.float32:
+        raise UserError(f"input {path} has dtype {array.dtype}; pre-processed pixels must be "
+                        "float32 (N, 3, H, W)")
+    return array
+
+
+def _check_writable_dir(folder: Path) -> None:
+    if not folder.is_dir():
+        raise UserError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"output folder {folder} is not writable")
+
+
+def _checked_output_file(output: str) -> Path:
+    path = Path(output)
+    if path.suffix != ".npy":
+        raise UserError(f"output {path} must end with .npy")
+    if path.is_dir():
+        raise UserError(f"output {path} is a folder")
+    _check_writable_dir(path.parent)
+    return path
+
+
+def _save_npy_atomically(path: Path, array: np.ndarray) -> None:
+    handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, array)
+        os.replace(staged, path)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,18 +155,58 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pe-port", description="Perception Encoder vision models compiled with Apache TVM"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="compile PE-Core-T16-384 and run the sample image")
-    demo.set_defaults(run=_demo)
+
+    commands.add_parser("list", help="the models, their sizes and cached weights").set_defaults(
+        run=_cmd_list)
+
+    download = commands.add_parser("download", help="fetch official checkpoints into the cache")
+    download.add_argument("names", nargs="*", metavar="NAME")
+    download.add_argument("--all", action="store_true", help="every official model")
+    download.set_defaults(run=_cmd_download)
+
+    encode = commands.add_parser("encode", help="run a model on a .npy tensor or images")
+    encode.add_argument("model", metavar="MODEL")
+    encode.add_argument("--checkpoint", help="a .pt or .safetensors file (default: the hub)")
+    encode.add_argument("--input", required=True, nargs="+", metavar="IN",
+                        help="a float32 (N, 3, H, W) .npy, or image files, or a folder")
+    encode.add_argument("--output", required=True, metavar="OUT.npy")
+    encode.add_argument("--features", action="store_true",
+                        help="forward_features instead of forward")
+    encode.add_argument("--layer-idx", type=int, default=-1)
+    encode.add_argument("--norm", action="store_true", help="apply ln_post to the features")
+    encode.add_argument("--strip-cls", action="store_true", help="drop the cls token")
+    encode.add_argument("--center-crop", action="store_true",
+                        help="resize the shorter side and crop, instead of squashing")
+    _add_target_options(encode)
+    encode.set_defaults(run=_cmd_encode)
+
+    export = commands.add_parser("export", help="write the artifact for the C++ runner")
+    export.add_argument("model", metavar="MODEL")
+    export.add_argument("--checkpoint", help="a .pt or .safetensors file (default: the hub)")
+    export.add_argument("-o", "--output", required=True, metavar="DIR")
+    _add_target_options(export)
+    export.set_defaults(run=_cmd_export)
+
+    commands.add_parser("demo", help="compile PE-Core-T16-384 and run the sample image"
+                        ).set_defaults(run=_cmd_demo)
     return parser
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "float16", "bfloat16"])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except USER_ERRORS as err:
+    except UserError as err:
         print(f"pe-port: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import platform
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import tvm
 from tvm import relax
@@ -13,6 +18,7 @@ from tvm.relax.frontend.nn.spec import MethodSpec, ModuleSpec
 from tvm.target import codegen
 
 from pe_port.config import PEConfig
+from pe_port.errors import UserError
 from pe_port.model import VisionTransformer
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -20,7 +26,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_CUDA_ARCH = "sm_90"
 
 
-class TargetError(ValueError):
+class TargetError(UserError):
     """A target the port cannot compile for."""
 
 
@@ -113,6 +119,38 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     if is_gpu(target):
         return tvm.compile(mod, target, relax_pipeline=_gpu_pipeline(target))
     return tvm.compile(mod, target)
+
+
+def cache_dir() -> Path:
+    """Where compiled libraries are kept: $PE_PORT_CACHE, else ~/.cache/pe_port."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pe_port"
+    return Path(os.environ.get("PE_PORT_CACHE", default))
+
+
+def cached_build(mod: tvm.IRModule, target: tvm.target.Target,
+                 progress: Callable[[str], None] | None = None) -> relax.VMExecutable:
+    """`build`, but a library compiled before for the same module and target is reused.
+
+    The key covers the module's structure (hence config, dtype and exported functions), the
+    target, and the TVM and pe-port versions, so any change among them compiles afresh.
+    """
+    from pe_port import __version__
+
+    key_text = json.dumps([tvm.ir.structural_hash(mod), str(target), tvm.__version__,
+                           __version__])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
+    path = cache_dir() / f"{key}.so"
+    if path.is_file():
+        return relax.VMExecutable(tvm.runtime.load_module(str(path)))
+    if progress:
+        progress(f"compiling for {target.kind.name} (first use; cached afterwards)")
+    executable = build(mod, target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        executable.export_library(str(staged))
+        os.replace(staged, path)  # atomic: a reader never sees half a library
+    return executable
 
 
 def _gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from pe_port.errors import UserError
+
 POOL_TYPES = ("attn", "tok", "avg", "none")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that no PE model can have (or a name that no official model has)."""
 
 

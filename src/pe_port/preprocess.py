@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pe_port.errors import UserError
+
 MEAN = 0.5
 STD = 0.5
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image file that cannot be read or decoded."""
 
 

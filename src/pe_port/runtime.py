@@ -10,13 +10,14 @@ from tvm import relax
 
 from pe_port.compile import build, export_tower, features_function_name, is_gpu
 from pe_port.config import PEConfig
+from pe_port.errors import UserError
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Input the tower cannot take (wrong rank, channels, size, dtype, or non-finite values)."""
 
 
-class WeightError(ValueError):
+class WeightError(UserError):
     """Weights that do not fit the config: missing, unexpected or wrongly shaped keys."""
 
 
@@ -86,6 +87,10 @@ class CompiledTower:
             mod, _ = export_tower(self.config, self.dtype, feature_variants=(variant,))
             self._vms[name] = self._vm(self._compile(mod, self.target))
         return self._vms[name][name]
+
+    def params_numpy(self) -> list[np.ndarray]:
+        """The weights as stored on the device, in the order of `param_specs`."""
+        return [param.numpy() for param in self._params]
 
     def check_images(self, images: np.ndarray) -> np.ndarray:
         """Validate `[N, 3, H, W]` float pixels; H and W multiples of the patch."""

@@ -1,0 +1,121 @@
+"""Official PE checkpoints: find them (hub cache or a path), read them safely, map them strictly.
+
+Official files are torch pickles holding a state dict raw, or under "state_dict" or "weights";
+keys may carry a `module.` prefix; CLIP (Core) files hold the vision keys under `visual.` beside
+the text tower's keys, which the vision port ignores. `.safetensors` files with the same keys
+are accepted too. Pickles are read with `weights_only=True`, so no arbitrary code runs.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from pe_port.errors import UserError
+
+VISUAL_PREFIX = "visual."
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable, or does not fit the model."""
+
+
+def hub_repo(name: str) -> str:
+    return f"facebook/{name}"
+
+
+def hub_filename(name: str) -> str:
+    return f"{name}.pt"
+
+
+def cached_checkpoint(name: str) -> str | None:
+    """The path of `name`'s official checkpoint in the Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(hub_repo(name), hub_filename(name))
+    return path if isinstance(path, str) and os.path.exists(path) else None
+
+
+def download_checkpoint(name: str) -> str:
+    """Fetch `name`'s official checkpoint into the hub cache (cache only if HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return hf_hub_download(repo_id=hub_repo(name), filename=hub_filename(name))
+    except LocalEntryNotFoundError as err:
+        raise CheckpointError(
+            f"checkpoint {hub_filename(name)} of {hub_repo(name)} is not in the hub cache and "
+            f"cannot be downloaded ({err.__class__.__name__}); pass --checkpoint PATH"
+        ) from None
+    except (HfHubHTTPError, OSError) as err:
+        raise CheckpointError(f"cannot download {hub_repo(name)}: {err}") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Every tensor of a `.pt` or `.safetensors` file as float32 arrays, keys as stored."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _read_torch(path)
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {err}") from None
+    return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    import torch
+
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
+            OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt, truncated or not a weights file: {first_line}"
+        ) from None
+    if isinstance(content, Mapping):
+        for wrapper in ("state_dict", "weights"):
+            if isinstance(content.get(wrapper), Mapping):
+                content = content[wrapper]
+                break
+    if not isinstance(content, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(content).__name__}, not a "
+                              "state dict")
+    tensors = {k: v for k, v in content.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"checkpoint {path} holds no tensors")
+    return {k: v.detach().float().numpy() for k, v in tensors.items()}
+
+
+def vision_state_dict(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Strip `module.`; from CLIP files keep only the `visual.` keys, without the prefix."""
+    state = {_strip(k, "module."): v for k, v in state.items()}
+    if any(k.startswith(VISUAL_PREFIX) for k in state):
+        state = {k[len(VISUAL_PREFIX):]: v for k, v in state.items()
+                 if k.startswith(VISUAL_PREFIX)}
+    return state
+
+
+def _strip(key: str, prefix: str) -> str:
+    return key[len(prefix):] if key.startswith(prefix) else key
+
+
+def read_vision_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """The vision tower's weights in checkpoint `path`, by their official names."""
+    return vision_state_dict(read_state_dict(path))
