@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.spec import MethodSpec, ModuleSpec
@@ -136,7 +137,7 @@ def cached_build(mod: tvm.IRModule, target: tvm.target.Target,
     """
     from pe_port import __version__
 
-    key_text = json.dumps([tvm.ir.structural_hash(mod), str(target), tvm.__version__,
+    key_text = json.dumps([tvm_ffi.structural_hash(mod), str(target), tvm.__version__,
                            __version__])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     path = cache_dir() / f"{key}.so"
