@@ -11,6 +11,8 @@ from importlib import resources
 import numpy as np
 import torch
 
+from pe_port.api import checkpoint_path
+from pe_port.checkpoint import CheckpointError, read_vision_weights
 from pe_port.compile import cpu_target
 from pe_port.config import get_config
 from pe_port.preprocess import preprocess
@@ -30,13 +32,26 @@ def _median_ms(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def official_weights() -> dict[str, np.ndarray] | None:
+    """The official weights from the hub cache or a download; None when neither works."""
+    try:
+        return read_vision_weights(checkpoint_path(MODEL, None))
+    except CheckpointError:
+        return None
+
+
 def run_demo(out=sys.stdout) -> float:
     """Run the demo; returns the relative error between TVM and the PyTorch reference."""
     config = get_config(MODEL)
-    print(f"model: {MODEL}  weights: seeded random (seed {SEED}), NOT the official weights",
-          file=out)
-    reference = randomize_(VisionTransformer(**config.as_kwargs()), SEED).eval()
-    weights = {k: v.numpy() for k, v in reference.state_dict().items()}
+    reference = VisionTransformer(**config.as_kwargs()).eval()
+    weights = official_weights()
+    if weights is None:
+        print(f"model: {MODEL}  weights: seeded random (seed {SEED}), NOT the official weights "
+              "(they are not cached and cannot be downloaded)", file=out)
+        weights = {k: v.numpy() for k, v in randomize_(reference, SEED).state_dict().items()}
+    else:
+        print(f"model: {MODEL}  weights: official checkpoint", file=out)
+        reference.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
 
     sample = resources.files("pe_port") / "assets" / "sample.png"
     images = preprocess([str(sample)], config.image_size)
