@@ -32,18 +32,23 @@ def rel_error(actual: np.ndarray, expected) -> float:
     return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
-def compile_component(module, inputs: dict):
-    """Compile one Relax nn module's `forward` with the user pipeline for this CPU.
+def compile_component(module, inputs: dict, backend: str = "cpu"):
+    """Compile one Relax nn module's `forward` as users get it on this CPU.
 
-    Returns `run(weights, *args)`: weights by the module's own parameter names, tensors as numpy
-    arrays and symbolic ints as Python ints.
+    The graph is built with the `backend` kernels (the hand-written CPU ones by default) and the
+    weight packing lifted into `transform_params`, exactly as `pe_port.compile.export_tower`
+    does. Returns `run(weights, *args)`: weights by the module's own parameter names, tensors as
+    numpy arrays and symbolic ints as Python ints.
     """
     import tvm
     from tvm import relax
 
+    from pe_port import ops
     from pe_port.compile import build, cpu_target
 
-    mod, params = module.export_tvm({"forward": inputs})
+    with ops.kernel_backend(backend):
+        mod, params = module.export_tvm({"forward": inputs})
+    mod = relax.transform.LiftTransformParams(shared_transform=True)(mod)
     vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
     names = [name for name, _ in params]
 
@@ -53,7 +58,8 @@ def compile_component(module, inputs: dict):
         return tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32))
 
     def run(weights: dict[str, np.ndarray], *args):
-        out = vm["forward"](*[to_tvm(a) for a in args], *[to_tvm(weights[n]) for n in names])
+        packed = list(vm["transform_params"]([to_tvm(weights[n]) for n in names]))
+        out = vm["forward"](*[to_tvm(a) for a in args], *packed)
         if isinstance(out, tvm.runtime.Tensor):
             return out.numpy()
         return tuple(o.numpy() for o in out)

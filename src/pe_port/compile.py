@@ -18,6 +18,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.spec import MethodSpec, ModuleSpec
 from tvm.target import codegen
 
+from pe_port import ops
 from pe_port.config import PEConfig
 from pe_port.errors import UserError
 from pe_port.model import VisionTransformer
@@ -91,8 +92,16 @@ def image_spec(dtype: str) -> nn.spec.Tensor:
     return nn.spec.Tensor(["batch", 3, "height", "width"], dtype)
 
 
+def kernel_backend_for(target: tvm.target.Target | None) -> str:
+    """The CPU gets the hand-written kernels; other targets the generic ops (dlight on GPU)."""
+    return "cpu" if target is not None and target.kind.name == "llvm" else "generic"
+
+
 def export_tower(
-    config: PEConfig, dtype: str, feature_variants: tuple[tuple[bool, int, bool], ...] = ()
+    config: PEConfig,
+    dtype: str,
+    feature_variants: tuple[tuple[bool, int, bool], ...] = (),
+    target: tvm.target.Target | None = None,
 ) -> tuple[tvm.IRModule, list[tuple[str, tuple[int, ...]]]]:
     """The Relax IRModule of the tower: `forward`, `forward_features` and any other variant.
 
@@ -111,7 +120,10 @@ def export_tower(
             model.forward_features, norm=norm, layer_idx=layer_idx, strip_cls_token=strip
         )
     specs = [MethodSpec.from_raw({"x": image_spec(dtype)}, method) for method in methods.values()]
-    mod, params = model.export_tvm(ModuleSpec(model, list(methods), specs))
+    with ops.kernel_backend(kernel_backend_for(target)):
+        mod, params = model.export_tvm(ModuleSpec(model, list(methods), specs))
+    # Weight-only work (packing for the CPU matmuls) moves into `transform_params`, run once.
+    mod = relax.transform.LiftTransformParams(shared_transform=True)(mod)
     return mod, [(name, tuple(int(d) for d in param.shape)) for name, param in params]
 
 

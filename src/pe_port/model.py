@@ -12,23 +12,11 @@ from tvm import relax, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 
+from pe_port import ops
 from pe_port.config import PEConfig
 from pe_port.kernels import resize_posemb, rope_qkv
 
 LN_EPS = 1e-5
-
-
-def _attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
-    """softmax(q k^T * scale) v over `[b, s, heads, head_dim]` inputs, returned `[b, s, h, d]`."""
-    q, k, v = (op.permute_dims(t, [0, 2, 1, 3]) for t in (q, k, v))
-    scores = op.matmul(q, op.permute_dims(k, [0, 1, 3, 2])) * scale
-    out = op.matmul(op.softmax(scores, axis=-1), v)
-    return op.permute_dims(out, [0, 2, 1, 3])
-
-
-def _linear(x: nn.Tensor, weight: nn.Tensor, bias: nn.Tensor) -> nn.Tensor:
-    """`x @ weight.T + bias`, PyTorch's `F.linear` on a `[out, in]` weight."""
-    return op.matmul(x, op.permute_dims(weight)) + bias
 
 
 class LayerScale(nn.Module):
@@ -48,8 +36,12 @@ class Mlp(nn.Module):
         self.c_fc = nn.Linear(width, hidden, dtype=dtype)
         self.c_proj = nn.Linear(hidden, width, dtype=dtype)
 
-    def forward(self, x: nn.Tensor) -> nn.Tensor:
-        return self.c_proj(op.gelu(self.c_fc(x)))
+    def forward(self, x: nn.Tensor, residual: nn.Tensor | None = None,
+                gamma: nn.Tensor | None = None) -> nn.Tensor:
+        """`c_proj(gelu(c_fc(x)))`; given `residual`, `residual + gamma * mlp(x)` in one pass."""
+        hidden = ops.linear(x, self.c_fc.weight, self.c_fc.bias, activation="gelu")
+        return ops.linear(hidden, self.c_proj.weight, self.c_proj.bias,
+                          residual=residual, gamma=gamma)
 
 
 class MultiheadAttention(nn.Module):
@@ -68,16 +60,17 @@ class MultiheadAttention(nn.Module):
         # The fused in-projection holds q | k | v along its rows.
         w_q, w_kv = op.split(self.in_proj_weight, [width], axis=0)
         b_q, b_kv = op.split(self.in_proj_bias, [width], axis=0)
-        q = _linear(query, w_q, b_q)
-        k, v = op.split(_linear(tokens, w_kv, b_kv), 2, axis=2)
+        q = ops.linear(query, w_q, b_q)
+        k, v = op.split(ops.linear(tokens, w_kv, b_kv), 2, axis=2)
         heads = (self.num_heads, self.head_dim)
-        out = _attention(
+        out = ops.attention(
             op.reshape(q, (batch, query_len, *heads)),
             op.reshape(k, (batch, seq, *heads)),
             op.reshape(v, (batch, seq, *heads)),
             scale=self.head_dim**-0.5,
         )
-        return self.out_proj(op.reshape(out, (batch, query_len, width)))
+        merged = op.reshape(out, (batch, query_len, width))
+        return ops.linear(merged, self.out_proj.weight, self.out_proj.bias)
 
 
 class AttentionPooling(nn.Module):
@@ -118,12 +111,15 @@ class SelfAttention(nn.Module):
         q, k, v = op.split(qkv, 3, axis=2)
         return tuple(op.squeeze(t, 2) for t in (q, k, v))
 
-    def forward(self, x: nn.Tensor, grid_w) -> nn.Tensor:
+    def forward(self, x: nn.Tensor, grid_w, residual: nn.Tensor | None = None,
+                gamma: nn.Tensor | None = None) -> nn.Tensor:
+        """Attention over `x`; given `residual`, `residual + gamma * attn(x)` in the last matmul."""
         batch, seq, width = x.shape
-        qkv = _linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = ops.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = self.split_heads(qkv, grid_w)
-        out = _attention(q, k, v, scale=self.head_dim**-0.5)
-        return self.out_proj(op.reshape(out, (batch, seq, width)))
+        out = ops.self_attention(q, k, v, scale=self.head_dim**-0.5)
+        return ops.linear(op.reshape(out, (batch, seq, width)), self.out_proj.weight,
+                          self.out_proj.bias, residual=residual, gamma=gamma)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -140,12 +136,13 @@ class ResidualAttentionBlock(nn.Module):
         self.ls_2 = LayerScale(width, dtype) if config.use_layer_scale else None
 
     def forward(self, x: nn.Tensor, grid_w) -> nn.Tensor:
-        x = x + _scaled(self.ls_1, self.attn(self.ln_1(x), grid_w))
-        return x + _scaled(self.ls_2, self.mlp(self.ln_2(x)))
+        # The residual add and LayerScale ride in each branch's last matmul (one pass over x).
+        x = self.attn(self.ln_1(x), grid_w, residual=x, gamma=_gamma(self.ls_1))
+        return self.mlp(self.ln_2(x), residual=x, gamma=_gamma(self.ls_2))
 
 
-def _scaled(layer_scale: LayerScale | None, x: nn.Tensor) -> nn.Tensor:
-    return x if layer_scale is None else layer_scale(x)
+def _gamma(layer_scale: LayerScale | None) -> nn.Tensor | None:
+    return None if layer_scale is None else layer_scale.gamma
 
 
 class Transformer(nn.Module):
@@ -209,9 +206,7 @@ class VisionTransformer(nn.Module):
         cfg = self.config
         batch, _, height, width_px = x.shape
         grid_h, grid_w = height // cfg.patch_size, width_px // cfg.patch_size
-        patches = self.conv1(x)  # [b, width, gh, gw]
-        tokens = op.permute_dims(op.reshape(patches, (batch, cfg.width, grid_h * grid_w)),
-                                 [0, 2, 1])
+        tokens = ops.patch_embed(x, self.conv1.weight, cfg.patch_size)  # [b, gh * gw, width]
         if cfg.use_cls_token:
             cls = op.broadcast_to(op.reshape(self.class_embedding, (1, 1, cfg.width)),
                                   (batch, 1, cfg.width))

@@ -66,27 +66,34 @@ class CompiledTower:
         self.target = target
         self.dtype = dtype
         self._compile = compile_fn
-        mod, self.param_specs = export_tower(config, dtype)
+        mod, self.param_specs = export_tower(config, dtype, target=target)
         check_weights(self.param_specs, weights)
         self.device = tvm.cuda(0) if is_gpu(target) else tvm.cpu(0)
         self.executable = executable if executable is not None else compile_fn(mod, target)
-        self._vms = {"forward": self._vm(self.executable), "forward_features": None}
-        self._vms["forward_features"] = self._vms["forward"]
         np_dtype = to_numpy_dtype(dtype)
         self._params = [
             tvm.runtime.tensor(np.asarray(weights[name], dtype=np.float32).astype(np_dtype),
                                self.device)
             for name, _ in self.param_specs
         ]
+        # Exported function name -> (its VM, the weights in the layout its kernels read).
+        self._loaded: dict[str, tuple[relax.VirtualMachine, list]] = {}
+        self._load(self.executable, ["forward", "forward_features"])
 
-    def _vm(self, executable: relax.VMExecutable) -> relax.VirtualMachine:
-        return relax.VirtualMachine(executable, self.device)
+    def _load(self, executable: relax.VMExecutable, names: list[str]) -> None:
+        """Start a VM on `executable` and run its `transform_params` (weight packing) once."""
+        vm = relax.VirtualMachine(executable, self.device)
+        weights = list(vm["transform_params"](self._params))
+        for name in names:
+            self._loaded[name] = (vm, weights)
 
     def _function(self, name: str, variant: tuple[bool, int, bool] | None):
-        if name not in self._vms:
-            mod, _ = export_tower(self.config, self.dtype, feature_variants=(variant,))
-            self._vms[name] = self._vm(self._compile(mod, self.target))
-        return self._vms[name][name]
+        if name not in self._loaded:
+            mod, _ = export_tower(self.config, self.dtype, feature_variants=(variant,),
+                                  target=self.target)
+            self._load(self._compile(mod, self.target), [name])
+        vm, weights = self._loaded[name]
+        return lambda x: vm[name](x, *weights)
 
     def params_numpy(self) -> list[np.ndarray]:
         """The weights as stored on the device, in the order of `param_specs`."""
@@ -115,7 +122,7 @@ class CompiledTower:
     def _run(self, name: str, images: np.ndarray, variant=None) -> np.ndarray:
         images = self.check_images(images)
         x = tvm.runtime.tensor(images.astype(to_numpy_dtype(self.dtype)), self.device)
-        out = self._function(name, variant)(x, *self._params)
+        out = self._function(name, variant)(x)
         return out.numpy().astype(np.float32)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -1,0 +1,316 @@
+"""The CPU fast path: matmuls on packed weights with fused epilogues, and fused attention (TIR).
+
+TVM's default CPU pipeline leaves every kernel unscheduled (scalar loops, one thread). These
+kernels are written with their schedule in the loop nest itself: a register tile of `rows x cols`
+outputs accumulates over the reduction while LLVM keeps the tile in vector registers, tiles run in
+parallel, and the row count (batch x tokens) stays symbolic. Rows past the end are computed on a
+clamped (valid) input row and never stored, so no branch sits in the inner loop.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import te, tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op
+from tvm.script import tirx as T
+
+# Keys handled per vector chunk in attention; the packed key length is padded to a multiple.
+KEY_CHUNK = 32
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+def dense_tile(n: int) -> tuple[int, int]:
+    """Register tile (rows, cols) for an `n`-column output: 24 or 16 accumulators of 16 lanes."""
+    cols = next(c for c in (64, 32, 16, 8, 4, 2, 1) if n % c == 0)
+    return (6 if cols == 64 else 8), cols
+
+
+def pack_weight(weight: nn.Tensor) -> nn.Tensor:
+    """`[n, k]` (PyTorch's Linear layout) to `[n / cols, k, cols]`: each column tile contiguous.
+
+    A pure function of a parameter, so `LiftTransformParams` moves it out of the forward pass:
+    it runs once, when the weights are loaded.
+    """
+    n, k = (int(d) for d in weight.shape)
+    _, cols = dense_tile(n)
+    return op.permute_dims(op.reshape(weight, (n // cols, cols, k)), [0, 2, 1])
+
+
+def _gelu(value):
+    """Exact GELU, `x * Phi(x) = x/2 * (1 + erf(x / sqrt 2))`, with a vectorisable erf."""
+    return value * T.float32(0.5) * (T.float32(1.0) + _erf(value * T.float32(math.sqrt(0.5))))
+
+
+# Abramowitz & Stegun 7.1.26: erf(x) = 1 - poly(t) exp(-x^2), t = 1 / (1 + p|x|), |error| < 1.5e-7.
+_ERF_P = 0.3275911
+_ERF_COEFFS = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
+
+
+def _erf(x):
+    """erf without a libm call: LLVM cannot vectorise `erff`, and GELU needs one per activation."""
+    magnitude = T.fabs(x)
+    t = T.float32(1.0) / (T.float32(1.0) + T.float32(_ERF_P) * magnitude)
+    poly = T.float32(_ERF_COEFFS[0])
+    for coeff in _ERF_COEFFS[1:]:
+        poly = poly * t + T.float32(coeff)
+    tail = poly * t * _exp_nonpositive(-magnitude * magnitude)
+    return T.if_then_else(x < T.float32(0), tail - T.float32(1.0), T.float32(1.0) - tail)
+
+
+def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | None):
+    """`out[m, n] = epilogue(x[m, k] @ w[n, k]^T + bias[n])` on packed `w [n/cols, k, cols]`.
+
+    `activation`: None or "gelu". `residual`: None, "add" (`out = res + y`) or "scaled_add"
+    (`out = res + gamma * y`, LayerScale fused into the residual branch).
+    """
+    rows, cols = dense_tile(n)
+    col_tiles = n // cols
+
+    def finish(y, bias, res, gamma, m, c):
+        """The epilogue, built at parse time from the buffers a signature has."""
+        y = y + bias[c]
+        if activation == "gelu":
+            y = _gelu(y)
+        if gamma is not None:
+            y = gamma[c] * y
+        if res is not None:
+            y = res[m, c] + y
+        return y
+
+    @T.macro
+    def dense_body(x, w, bias, res, gamma, out, m_total):
+        for tile in T.parallel((m_total + rows - 1) // rows * col_tiles):
+            acc = T.alloc_buffer((rows, cols), "float32", scope="local")
+            for i, j in T.grid(rows, cols):
+                acc[i, j] = T.float32(0)
+            for kk in range(k):
+                for i in T.unroll(rows):
+                    for j in T.vectorized(cols):
+                        acc[i, j] = acc[i, j] + x[
+                            T.min(tile // col_tiles * rows + i, m_total - 1), kk
+                        ] * w[tile % col_tiles, kk, j]
+            for i in T.unroll(rows):
+                if tile // col_tiles * rows + i < m_total:
+                    for j in T.vectorized(cols):
+                        out[tile // col_tiles * rows + i, tile % col_tiles * cols + j] = finish(
+                            acc[i, j], bias, res, gamma, tile // col_tiles * rows + i,
+                            tile % col_tiles * cols + j)
+
+    # One signature per epilogue: the buffers each one reads, nothing more.
+    @T.prim_func(private=True)
+    def dense_plain(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_out: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_total = T.int64()
+        x = T.match_buffer(var_x, (m_total, k), "float32")
+        w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
+        bias = T.match_buffer(var_bias, (n,), "float32")
+        out = T.match_buffer(var_out, (m_total, n), "float32")
+        dense_body(x, w, bias, None, None, out, m_total)
+
+    @T.prim_func(private=True)
+    def dense_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_res: T.handle,
+                  var_out: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_total = T.int64()
+        x = T.match_buffer(var_x, (m_total, k), "float32")
+        w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
+        bias = T.match_buffer(var_bias, (n,), "float32")
+        res = T.match_buffer(var_res, (m_total, n), "float32")
+        out = T.match_buffer(var_out, (m_total, n), "float32")
+        dense_body(x, w, bias, res, None, out, m_total)
+
+    @T.prim_func(private=True)
+    def dense_scaled_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle,
+                         var_res: T.handle, var_gamma: T.handle, var_out: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m_total = T.int64()
+        x = T.match_buffer(var_x, (m_total, k), "float32")
+        w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
+        bias = T.match_buffer(var_bias, (n,), "float32")
+        res = T.match_buffer(var_res, (m_total, n), "float32")
+        gamma = T.match_buffer(var_gamma, (n,), "float32")
+        out = T.match_buffer(var_out, (m_total, n), "float32")
+        dense_body(x, w, bias, res, gamma, out, m_total)
+
+    return {None: dense_plain, "add": dense_add, "scaled_add": dense_scaled_add}[residual]
+
+
+def dense(
+    x: nn.Tensor,
+    weight: nn.Tensor,
+    bias: nn.Tensor,
+    activation: str | None = None,
+    residual: nn.Tensor | None = None,
+    gamma: nn.Tensor | None = None,
+) -> nn.Tensor:
+    """`x @ weight.T + bias`, then GELU or a (LayerScale-scaled) residual add, in one kernel.
+
+    `x` is `[..., k]`; leading axes are flattened into the symbolic row count. Unused epilogue
+    `gamma` is only used with `residual`.
+    """
+    *lead, k = x.shape
+    n = int(weight.shape[0])
+    rows = 1
+    for d in lead:
+        rows = rows * d
+    flat = op.reshape(x, (rows, k))
+    mode = None if residual is None else ("add" if gamma is None else "scaled_add")
+    kernel = make_dense_kernel(int(k), n, activation, mode)
+    args = [flat, pack_weight(weight), bias]
+    if residual is not None:
+        args.append(op.reshape(residual, (rows, n)))
+    if gamma is not None:
+        args.append(gamma)
+    out = op.tensor_ir_op(kernel, "dense", args=args,
+                          out=nn.Tensor.placeholder((rows, n), "float32"))
+    return op.reshape(out, (*lead, n))
+
+
+def _exp_nonpositive(x):
+    """`exp(x)` for `x <= 0`, vectorisable: `2^n * 2^f` with a degree-6 polynomial for `2^f`.
+
+    LLVM lowers `exp` to a scalar libm call per element; softmax over every (query, key) pair
+    needs millions per image, so the kernel uses this inline form (relative error < 2e-7).
+    Inputs below -87 are clamped, where the result (< 2e-38) is negligible next to the row's
+    maximum term, 1.
+    """
+    t = T.max(x, T.float32(-87.0)) * T.float32(LOG2E)
+    whole = T.floor(t + T.float32(0.5))
+    y = (t - whole) * T.float32(LN2)  # |y| <= ln(2) / 2
+    poly = T.float32(1.0 / 720.0)
+    for coeff in (1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0):
+        poly = poly * y + T.float32(coeff)
+    exponent_bits = T.shift_left(T.Cast("int32", whole) + 127, 23)
+    return poly * T.reinterpret("float32", exponent_bits)
+
+
+def attention_rows(head_dim: int) -> int:
+    """Query rows per task: the output tile `rows x head_dim` must fit ~24 vector registers."""
+    return max(1, min(6, 24 // max(1, head_dim // 16)))
+
+
+def pack_keys(k: nn.Tensor) -> nn.Tensor:
+    """`k [b, s, h, d]` to `[b, h, d, s_pad]`, zero past `s`: keys contiguous for the scores."""
+
+    def compute(keys: te.Tensor):
+        batch, seq, heads, head_dim = keys.shape
+        padded = (seq + KEY_CHUNK - 1) // KEY_CHUNK * KEY_CHUNK
+        return te.compute(
+            (batch, heads, head_dim, padded),
+            lambda b, h, d, j: tirx.if_then_else(
+                j < seq, keys[b, tirx.min(j, seq - 1), h, d], tirx.const(0.0, keys.dtype)
+            ),
+            name="pack_keys",
+        )
+
+    return op.tensor_expr_op(compute, "pack_keys", args=[k])
+
+
+def make_attention_kernel(heads: int, head_dim: int, scale: float):
+    """`softmax(q k^T * scale) v` per head, for `rows` queries of one head per parallel task.
+
+    Layout: q and v `[b, s, h, d]` (as the RoPE kernel writes them), keys packed
+    `[b, h, d, s_pad]` by `pack_keys`, output `[b, s, h, d]` so the heads merge by a reshape.
+    The task's scores row (`rows x s_pad`) stays in cache: scores, then max and exponentials
+    (16 lanes at a time), then the value sum, then one division per output row.
+    """
+    rows = attention_rows(head_dim)
+    lanes = 16
+
+    @T.prim_func(private=True)
+    def attention(var_q: T.handle, var_kt: T.handle, var_v: T.handle, var_out: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        batch = T.int64()
+        seq = T.int64()
+        padded = T.int64()
+        q = T.match_buffer(var_q, (batch, seq, heads, head_dim), "float32")
+        kt = T.match_buffer(var_kt, (batch, heads, head_dim, padded), "float32")
+        v = T.match_buffer(var_v, (batch, seq, heads, head_dim), "float32")
+        out = T.match_buffer(var_out, (batch, seq, heads, head_dim), "float32")
+        for task in T.parallel(batch * heads * ((seq + rows - 1) // rows)):
+            scores = T.alloc_buffer((rows, padded), "float32")
+            tile = T.alloc_buffer((rows, KEY_CHUNK), "float32", scope="local")
+            lane_max = T.alloc_buffer((rows, lanes), "float32", scope="local")
+            lane_sum = T.alloc_buffer((rows, lanes), "float32", scope="local")
+            acc = T.alloc_buffer((rows, head_dim), "float32", scope="local")
+            row_max = T.alloc_buffer((rows,), "float32", scope="local")
+            row_sum = T.alloc_buffer((rows,), "float32", scope="local")
+            # task -> (batch b, head h, first query row r0); rows past `seq` read row seq - 1.
+            for chunk in range(padded // KEY_CHUNK):
+                for i, j in T.grid(rows, KEY_CHUNK):
+                    tile[i, j] = T.float32(0)
+                for d in range(head_dim):
+                    for i in T.unroll(rows):
+                        for j in T.vectorized(KEY_CHUNK):
+                            tile[i, j] = tile[i, j] + q[
+                                task // (heads * ((seq + rows - 1) // rows)),
+                                T.min(task % ((seq + rows - 1) // rows) * rows + i, seq - 1),
+                                task // ((seq + rows - 1) // rows) % heads,
+                                d,
+                            ] * kt[
+                                task // (heads * ((seq + rows - 1) // rows)),
+                                task // ((seq + rows - 1) // rows) % heads,
+                                d,
+                                chunk * KEY_CHUNK + j,
+                            ]
+                for i in T.unroll(rows):
+                    for j in T.vectorized(KEY_CHUNK):
+                        scores[i, chunk * KEY_CHUNK + j] = tile[i, j]
+            for i in range(rows):
+                for j in T.vectorized(lanes):
+                    lane_max[i, j] = T.float32(-3.0e38)
+                    lane_sum[i, j] = T.float32(0)
+                for chunk in range(padded // lanes):
+                    for j in T.vectorized(lanes):
+                        lane_max[i, j] = T.max(lane_max[i, j], T.if_then_else(
+                            chunk * lanes + j < seq, scores[i, chunk * lanes + j],
+                            T.float32(-3.0e38)))
+                row_max[i] = T.float32(-3.0e38)
+                for j in range(lanes):
+                    row_max[i] = T.max(row_max[i], lane_max[i, j])
+                for chunk in range(padded // lanes):
+                    for j in T.vectorized(lanes):
+                        scores[i, chunk * lanes + j] = T.if_then_else(
+                            chunk * lanes + j < seq,
+                            _exp_nonpositive(
+                                (scores[i, chunk * lanes + j] - row_max[i]) * T.float32(scale)
+                            ),
+                            T.float32(0),
+                        )
+                        lane_sum[i, j] = lane_sum[i, j] + scores[i, chunk * lanes + j]
+                row_sum[i] = T.float32(0)
+                for j in range(lanes):
+                    row_sum[i] = row_sum[i] + lane_sum[i, j]
+            for i, d in T.grid(rows, head_dim):
+                acc[i, d] = T.float32(0)
+            for key in range(seq):
+                for i in T.unroll(rows):
+                    for d in T.vectorized(head_dim):
+                        acc[i, d] = acc[i, d] + scores[i, key] * v[
+                            task // (heads * ((seq + rows - 1) // rows)),
+                            key,
+                            task // ((seq + rows - 1) // rows) % heads,
+                            d,
+                        ]
+            for i in T.unroll(rows):
+                if task % ((seq + rows - 1) // rows) * rows + i < seq:
+                    for d in T.vectorized(head_dim):
+                        out[
+                            task // (heads * ((seq + rows - 1) // rows)),
+                            task % ((seq + rows - 1) // rows) * rows + i,
+                            task // ((seq + rows - 1) // rows) % heads,
+                            d,
+                        ] = acc[i, d] / row_sum[i]
+
+    return attention
+
+
+def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
+    """Fused softmax attention over `[b, s, heads, head_dim]` inputs; output in the same layout."""
+    _, _, heads, head_dim = (d if isinstance(d, int) else d for d in q.shape)
+    kernel = make_attention_kernel(int(heads), int(head_dim), scale)
+    return op.tensor_ir_op(kernel, "attention", args=[q, pack_keys(k), v],
+                           out=nn.Tensor.placeholder(q.shape, "float32"))
