@@ -7,19 +7,28 @@ import os
 import shutil
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import tvm
 
+from pe_port import __version__
 from pe_port.checkpoint import (
     CheckpointError,
     cached_checkpoint,
     download_checkpoint,
     read_vision_weights,
 )
-from pe_port.compile import DTYPES, cached_build, resolve_target
+from pe_port.compile import (
+    DTYPES,
+    cached_build,
+    export_tower,
+    features_function_name,
+    resolve_target,
+)
 from pe_port.config import PEConfig, get_config
 from pe_port.errors import UserError
 from pe_port.preprocess import MEAN, STD, preprocess
@@ -66,28 +75,58 @@ class Encoder:
         """Pre-process image files with the official transform and run `forward`."""
         return self(self.preprocess(paths, center_crop))
 
-    def export(self, out_dir: str | Path) -> Path:
-        """Write library, weights and metadata for the C++ runner; all or nothing."""
+    def export(
+        self,
+        out_dir: str | Path,
+        feature_variants: Sequence[tuple[int, bool, bool]] = (),
+        progress: Callable[[str], None] | None = stderr_progress,
+    ) -> Path:
+        """Write library, weights and metadata for the C++ runner; all or nothing.
+
+        The library always holds `forward` and the default `forward_features`. Each
+        `(layer_idx, norm, strip_cls_token)` in `feature_variants` (the arguments of
+        `forward_features`, in its order) adds that variant, compiled afresh (or from the cache).
+        """
+        variants = check_feature_variants(feature_variants, self.config.layers)
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
         try:
-            self._write_artifact(staging)
+            self._write_artifact(staging, variants, progress)
             _replace_dir(staging, out_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return out_dir
 
-    def _write_artifact(self, folder: Path) -> None:
-        self.tower.executable.export_library(str(folder / "model.so"))
+    def _write_artifact(
+        self,
+        folder: Path,
+        variants: tuple[tuple[int, bool, bool], ...] = (),
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        layers = self.config.layers
+        names = {features_function_name(norm, idx, strip, layers): (idx, norm, strip)
+                 for idx, norm, strip in variants}
+        names.pop("forward_features", None)  # the default variant is always there
+        executable = self.tower.executable
+        if names:
+            target = self.tower.target
+            mod, specs = export_tower(
+                self.config, self.dtype, target=target,
+                feature_variants=tuple((norm, idx, strip) for idx, norm, strip in names.values()))
+            if specs != self.tower.param_specs:
+                raise RuntimeError("feature variants changed the parameter list")  # a bug
+            executable = cached_build(mod, target, progress)
+        executable.export_library(str(folder / "model.so"))
         np_dtype = to_numpy_dtype(self.dtype)
-        entries, offset = [], 0
+        entries, offset, crc = [], 0, 0
         with open(folder / "weights.bin", "wb") as blob:
             for (name, shape), value in zip(self.tower.param_specs, self.tower.params_numpy(),
                                             strict=True):
                 data = np.ascontiguousarray(value.astype(np_dtype)).tobytes()
                 blob.write(data)
+                crc = zlib.crc32(data, crc)
                 entries.append({"name": name, "shape": list(shape), "offset": offset,
                                 "nbytes": len(data)})
                 offset += len(data)
@@ -97,12 +136,39 @@ class Encoder:
             "config": asdict(self.config),
             "dtype": self.dtype,
             "target": str(self.tower.target),
-            "functions": ["forward", "forward_features"],
+            "tvm_version": tvm.__version__,
+            "pe_port_version": __version__,
+            "functions": ["forward", "forward_features", *names],
+            "feature_variants": [
+                {"function": name, "layer_idx": (layers + idx) % layers, "norm": norm,
+                 "strip_cls_token": strip}
+                for name, (idx, norm, strip) in names.items()
+            ],
             "preprocess": {"image_size": self.config.image_size, "resize": "bilinear",
                            "mean": [MEAN] * 3, "std": [STD] * 3, "layout": "NCHW"},
+            "weights_nbytes": offset,
+            "weights_crc32": crc,
             "params": entries,
         }
         (folder / "metadata.json").write_text(json.dumps(metadata, indent=2))
+
+
+def check_feature_variants(
+    variants: Sequence[tuple[int, bool, bool]], layers: int
+) -> tuple[tuple[int, bool, bool], ...]:
+    """`(layer_idx, norm, strip_cls_token)` triples, checked; `layer_idx` in [-layers, layers)."""
+    checked = []
+    for variant in variants:
+        if not (isinstance(variant, tuple | list) and len(variant) == 3):
+            raise UserError(f"feature variant {variant!r} is not (layer_idx, norm, strip_cls)")
+        idx, norm, strip = variant
+        if isinstance(idx, bool) or not isinstance(idx, int) or not -layers <= idx < layers:
+            raise UserError(f"feature variant {variant!r}: layer_idx must be an integer in "
+                            f"[{-layers}, {layers - 1}] (the model has {layers} blocks)")
+        if not (isinstance(norm, bool) and isinstance(strip, bool)):
+            raise UserError(f"feature variant {variant!r}: norm and strip_cls must be booleans")
+        checked.append((idx, norm, strip))
+    return tuple(checked)
 
 
 def _replace_dir(staging: Path, out_dir: Path) -> None:

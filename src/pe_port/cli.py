@@ -74,7 +74,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_writable_dir(out.parent if str(out.parent) else Path("."))
     encoder = load(args.model, args.checkpoint, args.target, args.dtype)
-    encoder.export(out)
+    encoder.export(out, feature_variants=args.features_variant)
     print(f"pe-port: exported {args.model} to {out}", file=sys.stderr)
     return 0
 
@@ -83,6 +83,20 @@ def _cmd_demo(_args: argparse.Namespace) -> int:
     from pe_port.demo import run_demo
 
     return 0 if run_demo() <= 1e-4 else 1
+
+
+def _feature_variant(text: str) -> tuple[int, bool, bool]:
+    """`LAYER_IDX[,norm][,strip]` -> `(layer_idx, norm, strip_cls_token)`."""
+    head, *flags = [part.strip() for part in text.split(",")]
+    try:
+        layer_idx = int(head)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: LAYER_IDX must be an integer") from None
+    unknown = sorted(set(flags) - {"norm", "strip"})
+    if unknown or len(flags) != len(set(flags)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: after LAYER_IDX only 'norm' and 'strip' may follow, each once")
+    return layer_idx, "norm" in flags, "strip" in flags
 
 
 def _input_kind(inputs: list[str]) -> str:
@@ -184,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", metavar="MODEL")
     export.add_argument("--checkpoint", help="a .pt or .safetensors file (default: the hub)")
     export.add_argument("-o", "--output", required=True, metavar="DIR")
+    export.add_argument(
+        "--features-variant", action="append", default=[], type=_feature_variant,
+        metavar="LAYER_IDX[,norm][,strip]",
+        help="also compile forward_features for this layer (e.g. -2,norm,strip); repeatable. "
+             "forward and the default forward_features are always exported")
     _add_target_options(export)
     export.set_defaults(run=_cmd_export)
 

@@ -16,9 +16,10 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
-# Keys handled per vector chunk in attention; the packed key length is padded to a multiple.
-KEY_CHUNK = 32
+# Keys per chunk of the attention scores (4 vectors); key storage is padded to a multiple.
+KEY_CHUNK = 64
 LOG2E = 1.4426950408889634
+NEG_LARGE = -3.0e38  # a finite stand-in for -inf: padded keys, initial maxima
 LN2 = 0.6931471805599453
 
 
@@ -84,8 +85,9 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
     def dense_body(x, w, bias, res, gamma, out, m_total):
         for tile in T.parallel((m_total + rows - 1) // rows * col_tiles):
             acc = T.alloc_buffer((rows, cols), "float32", scope="local")
-            for i, j in T.grid(rows, cols):
-                acc[i, j] = T.float32(0)
+            for i in T.unroll(rows):
+                for j in T.vectorized(cols):
+                    acc[i, j] = T.float32(0)
             for kk in range(k):
                 for i in T.unroll(rows):
                     for j in T.vectorized(cols):
@@ -193,15 +195,21 @@ def attention_rows(head_dim: int) -> int:
 
 
 def pack_keys(k: nn.Tensor) -> nn.Tensor:
-    """`k [b, s, h, d]` to `[b, h, d, s_pad]`, zero past `s`: keys contiguous for the scores."""
+    """`k [b, s, h, d]` to `[b, h, s_pad / C, d, C]` (C = KEY_CHUNK), zero past `s`.
+
+    Each chunk of C keys is one contiguous block, read front to back by the scores loop; with
+    keys strided by `s_pad` instead, every head dimension was a separate memory stream.
+    """
 
     def compute(keys: te.Tensor):
         batch, seq, heads, head_dim = keys.shape
-        padded = (seq + KEY_CHUNK - 1) // KEY_CHUNK * KEY_CHUNK
+        chunks = (seq + KEY_CHUNK - 1) // KEY_CHUNK
         return te.compute(
-            (batch, heads, head_dim, padded),
-            lambda b, h, d, j: tirx.if_then_else(
-                j < seq, keys[b, tirx.min(j, seq - 1), h, d], tirx.const(0.0, keys.dtype)
+            (batch, heads, chunks, head_dim, KEY_CHUNK),
+            lambda b, h, c, d, j: tirx.if_then_else(
+                c * KEY_CHUNK + j < seq,
+                keys[b, tirx.min(c * KEY_CHUNK + j, seq - 1), h, d],
+                tirx.const(0.0, keys.dtype),
             ),
             name="pack_keys",
         )
@@ -209,11 +217,16 @@ def pack_keys(k: nn.Tensor) -> nn.Tensor:
     return op.tensor_expr_op(compute, "pack_keys", args=[k])
 
 
+def pack_values(v: nn.Tensor) -> nn.Tensor:
+    """`v [b, s, h, d]` to `[b, h, s, d]`: one head's values contiguous for the weighted sum."""
+    return op.permute_dims(v, [0, 2, 1, 3])
+
+
 def make_attention_kernel(heads: int, head_dim: int, scale: float):
     """`softmax(q k^T * scale) v` per head, for `rows` queries of one head per parallel task.
 
-    Layout: q and v `[b, s, h, d]` (as the RoPE kernel writes them), keys packed
-    `[b, h, d, s_pad]` by `pack_keys`, output `[b, s, h, d]` so the heads merge by a reshape.
+    Layout: q `[b, s, h, d]` (as the RoPE kernel writes it), keys packed in chunks by
+    `pack_keys`, values `[b, h, s, d]`, output `[b, s, h, d]` so the heads merge by a reshape.
     The task's scores row (`rows x s_pad`) stays in cache: scores, then max and exponentials
     (16 lanes at a time), then the value sum, then one division per output row.
     """
@@ -225,23 +238,22 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
         T.func_attr({"tirx.noalias": True})
         batch = T.int64()
         seq = T.int64()
-        padded = T.int64()
         q = T.match_buffer(var_q, (batch, seq, heads, head_dim), "float32")
-        kt = T.match_buffer(var_kt, (batch, heads, head_dim, padded), "float32")
-        v = T.match_buffer(var_v, (batch, seq, heads, head_dim), "float32")
+        chunks = T.int64()
+        kt = T.match_buffer(var_kt, (batch, heads, chunks, head_dim, KEY_CHUNK), "float32")
+        v = T.match_buffer(var_v, (batch, heads, seq, head_dim), "float32")
         out = T.match_buffer(var_out, (batch, seq, heads, head_dim), "float32")
         for task in T.parallel(batch * heads * ((seq + rows - 1) // rows)):
-            scores = T.alloc_buffer((rows, padded), "float32")
+            scores = T.alloc_buffer((rows, chunks * KEY_CHUNK), "float32")
             tile = T.alloc_buffer((rows, KEY_CHUNK), "float32", scope="local")
-            lane_max = T.alloc_buffer((rows, lanes), "float32", scope="local")
-            lane_sum = T.alloc_buffer((rows, lanes), "float32", scope="local")
             acc = T.alloc_buffer((rows, head_dim), "float32", scope="local")
             row_max = T.alloc_buffer((rows,), "float32", scope="local")
             row_sum = T.alloc_buffer((rows,), "float32", scope="local")
             # task -> (batch b, head h, first query row r0); rows past `seq` read row seq - 1.
-            for chunk in range(padded // KEY_CHUNK):
-                for i, j in T.grid(rows, KEY_CHUNK):
-                    tile[i, j] = T.float32(0)
+            for chunk in range(chunks):
+                for i in T.unroll(rows):
+                    for j in T.vectorized(KEY_CHUNK):
+                        tile[i, j] = T.float32(0)
                 for d in range(head_dim):
                     for i in T.unroll(rows):
                         for j in T.vectorized(KEY_CHUNK):
@@ -253,46 +265,46 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
                             ] * kt[
                                 task // (heads * ((seq + rows - 1) // rows)),
                                 task // ((seq + rows - 1) // rows) % heads,
+                                chunk,
                                 d,
-                                chunk * KEY_CHUNK + j,
+                                j,
                             ]
                 for i in T.unroll(rows):
                     for j in T.vectorized(KEY_CHUNK):
-                        scores[i, chunk * KEY_CHUNK + j] = tile[i, j]
+                        # Padded keys get a score that vanishes in the softmax (exp < 2e-38).
+                        scores[i, chunk * KEY_CHUNK + j] = T.if_then_else(
+                            chunk * KEY_CHUNK + j < seq, tile[i, j], T.float32(NEG_LARGE))
             for i in range(rows):
+                # Per row: 16-lane running max and sum in registers, then one horizontal step.
+                lane_max = T.alloc_buffer((lanes,), "float32", scope="local")
+                lane_sum = T.alloc_buffer((lanes,), "float32", scope="local")
                 for j in T.vectorized(lanes):
-                    lane_max[i, j] = T.float32(-3.0e38)
-                    lane_sum[i, j] = T.float32(0)
-                for chunk in range(padded // lanes):
+                    lane_max[j] = T.float32(NEG_LARGE)
+                    lane_sum[j] = T.float32(0)
+                for chunk in range(chunks * KEY_CHUNK // lanes):
                     for j in T.vectorized(lanes):
-                        lane_max[i, j] = T.max(lane_max[i, j], T.if_then_else(
-                            chunk * lanes + j < seq, scores[i, chunk * lanes + j],
-                            T.float32(-3.0e38)))
-                row_max[i] = T.float32(-3.0e38)
+                        lane_max[j] = T.max(lane_max[j], scores[i, chunk * lanes + j])
+                row_max[i] = T.float32(NEG_LARGE)
                 for j in range(lanes):
-                    row_max[i] = T.max(row_max[i], lane_max[i, j])
-                for chunk in range(padded // lanes):
+                    row_max[i] = T.max(row_max[i], lane_max[j])
+                for chunk in range(chunks * KEY_CHUNK // lanes):
                     for j in T.vectorized(lanes):
-                        scores[i, chunk * lanes + j] = T.if_then_else(
-                            chunk * lanes + j < seq,
-                            _exp_nonpositive(
-                                (scores[i, chunk * lanes + j] - row_max[i]) * T.float32(scale)
-                            ),
-                            T.float32(0),
-                        )
-                        lane_sum[i, j] = lane_sum[i, j] + scores[i, chunk * lanes + j]
+                        scores[i, chunk * lanes + j] = _exp_nonpositive(
+                            (scores[i, chunk * lanes + j] - row_max[i]) * T.float32(scale))
+                        lane_sum[j] = lane_sum[j] + scores[i, chunk * lanes + j]
                 row_sum[i] = T.float32(0)
                 for j in range(lanes):
-                    row_sum[i] = row_sum[i] + lane_sum[i, j]
-            for i, d in T.grid(rows, head_dim):
-                acc[i, d] = T.float32(0)
+                    row_sum[i] = row_sum[i] + lane_sum[j]
+            for i in T.unroll(rows):
+                for d in T.vectorized(head_dim):
+                    acc[i, d] = T.float32(0)
             for key in range(seq):
                 for i in T.unroll(rows):
                     for d in T.vectorized(head_dim):
                         acc[i, d] = acc[i, d] + scores[i, key] * v[
                             task // (heads * ((seq + rows - 1) // rows)),
-                            key,
                             task // ((seq + rows - 1) // rows) % heads,
+                            key,
                             d,
                         ]
             for i in T.unroll(rows):
@@ -312,5 +324,5 @@ def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tens
     """Fused softmax attention over `[b, s, heads, head_dim]` inputs; output in the same layout."""
     _, _, heads, head_dim = (d if isinstance(d, int) else d for d in q.shape)
     kernel = make_attention_kernel(int(heads), int(head_dim), scale)
-    return op.tensor_ir_op(kernel, "attention", args=[q, pack_keys(k), v],
+    return op.tensor_ir_op(kernel, "attention", args=[q, pack_keys(k), pack_values(v)],
                            out=nn.Tensor.placeholder(q.shape, "float32"))

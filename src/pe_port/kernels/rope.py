@@ -22,9 +22,10 @@ def make_rope_qkv_kernel(heads: int, head_dim: int, use_cls_token: bool, dtype: 
     """Build the TIR kernel `qkv [b, s, 3 * heads * head_dim] -> q, k, v [b, s, heads, head_dim]`.
 
     Why a kernel: the original builds a table of angles per grid on the host and multiplies it in;
-    here the angle of feature `d` of token `s` is derived from `(s, grid_w)` where it is used, so
-    one compiled function serves every grid size and no table travels at run time. Splitting the
-    fused projection in the same pass saves two copies of the activations.
+    here the kernel derives each token's (row, column) from `(s, grid_w)` and computes the cos
+    and sin it needs itself (a small table per call, one entry per position value and
+    frequency), so one compiled function serves every grid size and no table travels at run
+    time. Splitting the fused projection in the same pass saves two copies of the activations.
 
     Layout of one head's features (`n = head_dim // 4` frequencies per axis, `P = 2 n`):
     `[0, P)` rotate with the token's column x, `[P, 2P)` with its row y, `[2P, head_dim)` pass
@@ -35,30 +36,36 @@ def make_rope_qkv_kernel(heads: int, head_dim: int, use_cls_token: bool, dtype: 
     """
     width = heads * head_dim
     axis_dim = head_dim // 2
+    freqs = max(1, axis_dim // 2)
     pair_span = 2 * (axis_dim // 2)
     rotated = 2 * pair_span
     first_patch = 1 if use_cls_token else 0
 
-    def angle(s, d, grid_w):
+    def position(s, d, grid_w):
+        """The position value feature `d` of token `s` rotates by: column for the first axis
+        features, row for the second, shifted by one with a cls token; 0 for the cls token."""
         patch = s - first_patch
-        col = T.Cast("float32", patch % grid_w + first_patch)
-        row = T.Cast("float32", patch // grid_w + first_patch)
-        position = T.Select(d < pair_span, col, row)
-        freq_index = (d % pair_span) // 2
-        exponent = T.Cast("float32", 2 * freq_index) / T.float32(axis_dim)
-        inv_freq = T.float32(1.0) / T.pow(T.float32(ROPE_THETA), exponent)
-        return T.Select(s < first_patch, T.float32(0.0), position * inv_freq)
+        col = patch % grid_w + first_patch
+        row = patch // grid_w + first_patch
+        return T.Select(s < first_patch, T.int64(0), T.Select(d < pair_span, col, row))
 
-    def rotate(qkv, b, s, base, d, grid_w):
+    def position_values(seq, grid_w):
+        """How many position values the grid uses: 0 (cls) up to the longer side."""
+        return T.max(grid_w, (seq - first_patch) // grid_w) + first_patch
+
+    def angle(pos, freq):
+        """`pos * 10000 ** -(2 freq / axis_dim)` in float32, as the original computes it."""
+        exponent = T.Cast("float32", 2 * freq) / T.float32(axis_dim)
+        return T.Cast("float32", pos) * (T.float32(1.0) / T.pow(T.float32(ROPE_THETA), exponent))
+
+    def rotate(qkv, cos_table, sin_table, b, s, base, d, grid_w):
         """Feature `d` of the head starting at `base`, rotated: partner of a pair is d ^ 1."""
-        theta = angle(s, d, grid_w)
+        pos = position(s, d, grid_w)
+        freq = (d % pair_span) // 2
         value = T.Cast("float32", qkv[b, s, base + d])
-        partner = T.Cast(
-            "float32",
-            qkv[b, s, base + T.Select(d % 2 == 0, d + 1, d - 1)],
-        )
+        partner = T.Cast("float32", qkv[b, s, base + T.Select(d % 2 == 0, d + 1, d - 1)])
         signed_partner = T.Select(d % 2 == 0, -partner, partner)
-        return T.Cast(dtype, value * T.cos(theta) + signed_partner * T.sin(theta))
+        return T.Cast(dtype, value * cos_table[pos, freq] + signed_partner * sin_table[pos, freq])
 
     @T.prim_func(private=True, s_tir=True)
     def rope_qkv(
@@ -75,12 +82,23 @@ def make_rope_qkv_kernel(heads: int, head_dim: int, use_cls_token: bool, dtype: 
         q = T.match_buffer(var_q, (batch, seq, heads, head_dim), dtype)
         k = T.match_buffer(var_k, (batch, seq, heads, head_dim), dtype)
         v = T.match_buffer(var_v, (batch, seq, heads, head_dim), dtype)
+        # cos and sin of every (position value, frequency) the grid uses: a few hundred
+        # evaluations instead of one per rotated feature of every head of q and k.
+        cos_table = T.alloc_buffer((position_values(seq, grid_w), freqs), "float32")
+        sin_table = T.alloc_buffer((position_values(seq, grid_w), freqs), "float32")
+        for p, i in T.grid(position_values(seq, grid_w), freqs):
+            with T.sblock("rope_angles"):
+                vp, vi = T.axis.remap("SS", [p, i])
+                cos_table[vp, vi] = T.cos(angle(vp, vi))
+                sin_table[vp, vi] = T.sin(angle(vp, vi))
         for b, s, h, d in T.grid(batch, seq, heads, head_dim):
             with T.sblock("rope_qkv"):
                 vb, vs, vh, vd = T.axis.remap("SSSS", [b, s, h, d])
                 if vd < rotated:
-                    q[vb, vs, vh, vd] = rotate(qkv, vb, vs, vh * head_dim, vd, grid_w)
-                    k[vb, vs, vh, vd] = rotate(qkv, vb, vs, width + vh * head_dim, vd, grid_w)
+                    q[vb, vs, vh, vd] = rotate(qkv, cos_table, sin_table, vb, vs,
+                                               vh * head_dim, vd, grid_w)
+                    k[vb, vs, vh, vd] = rotate(qkv, cos_table, sin_table, vb, vs,
+                                               width + vh * head_dim, vd, grid_w)
                 else:
                     q[vb, vs, vh, vd] = qkv[vb, vs, vh * head_dim + vd]
                     k[vb, vs, vh, vd] = qkv[vb, vs, width + vh * head_dim + vd]
