@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: test demo bench lint clean
+comma := ,
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +17,13 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Times TVM against PyTorch eager, torch.compile and ONNX Runtime on the official models.
+BENCH_MODELS ?= PE-Core-T16-384,PE-Core-S16-384,PE-Core-B16-224,PE-Spatial-B16-512
+bench: $(STAMP)
+	PE_BENCH_MODELS=$(BENCH_MODELS) PE_BENCH_BATCHES=1,8 $(PY) -m pytest tests/perf \
+		--benchmark-enable --benchmark-columns=median,min,max --benchmark-sort=name
+	$(PY) scripts/bench_cpu.py --models $(subst $(comma), ,$(BENCH_MODELS))
 
 demo: $(STAMP)
 	$(VENV)/bin/pe-port demo

@@ -119,6 +119,7 @@ class Encoder:
                 raise RuntimeError("feature variants changed the parameter list")  # a bug
             executable = cached_build(mod, target, progress)
         executable.export_library(str(folder / "model.so"))
+        library_crc = zlib.crc32((folder / "model.so").read_bytes())
         np_dtype = to_numpy_dtype(self.dtype)
         entries, offset, crc = [], 0, 0
         with open(folder / "weights.bin", "wb") as blob:
@@ -148,6 +149,7 @@ class Encoder:
                            "mean": [MEAN] * 3, "std": [STD] * 3, "layout": "NCHW"},
             "weights_nbytes": offset,
             "weights_crc32": crc,
+            "library_crc32": library_crc,
             "params": entries,
         }
         (folder / "metadata.json").write_text(json.dumps(metadata, indent=2))

@@ -50,14 +50,18 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_encode(args: argparse.Namespace) -> int:
     from pe_port.api import load
+    from pe_port.config import get_config
+    from pe_port.preprocess import preprocess
+    from pe_port.runtime import check_images
 
+    # Everything about the request is checked before the (slow) model load and compile.
+    config = get_config(args.model)
     output = _checked_output_file(args.output)
-    images_in = _input_kind(args.input)
-    encoder = load(args.model, args.checkpoint, args.target, args.dtype)
-    if images_in == "npy":
-        pixels = _read_npy(Path(args.input[0]))
+    if _input_kind(args.input) == "npy":
+        pixels = check_images(_read_npy(Path(args.input[0])), config)
     else:
-        pixels = encoder.preprocess(_image_files(args.input), center_crop=args.center_crop)
+        pixels = preprocess(_image_files(args.input), config.image_size, args.center_crop)
+    encoder = load(args.model, args.checkpoint, args.target, args.dtype)
     if args.features:
         result = encoder.forward_features(pixels, layer_idx=args.layer_idx, norm=args.norm,
                                           strip_cls_token=args.strip_cls)
@@ -69,10 +73,12 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pe_port.api import load
+    from pe_port.api import check_feature_variants, load
+    from pe_port.config import get_config
 
     out = Path(args.output)
     _check_writable_dir(out.parent if str(out.parent) else Path("."))
+    check_feature_variants(args.features_variant, get_config(args.model).layers)  # before loading
     encoder = load(args.model, args.checkpoint, args.target, args.dtype)
     encoder.export(out, feature_variants=args.features_variant)
     print(f"pe-port: exported {args.model} to {out}", file=sys.stderr)

@@ -109,6 +109,15 @@ def export_tower(
     these choose the graph's structure. Returns the module and the parameters' names and shapes,
     in the order the functions take them after the image.
     """
+    return _export(config, dtype, tuple(feature_variants), kernel_backend_for(target))
+
+
+# Exporting is deterministic and an IRModule is immutable, so repeated loads share one export.
+@functools.lru_cache(maxsize=32)
+def _export(
+    config: PEConfig, dtype: str, feature_variants: tuple[tuple[bool, int, bool], ...],
+    backend: str,
+) -> tuple[tvm.IRModule, list[tuple[str, tuple[int, ...]]]]:
     model = VisionTransformer(config, dtype)
     methods: dict[str, Callable] = {
         "forward": model.forward,
@@ -120,7 +129,7 @@ def export_tower(
             model.forward_features, norm=norm, layer_idx=layer_idx, strip_cls_token=strip
         )
     specs = [MethodSpec.from_raw({"x": image_spec(dtype)}, method) for method in methods.values()]
-    with ops.kernel_backend(kernel_backend_for(target)):
+    with ops.kernel_backend(backend):
         mod, params = model.export_tvm(ModuleSpec(model, list(methods), specs))
     # Weight-only work (packing for the CPU matmuls) moves into `transform_params`, run once.
     mod = relax.transform.LiftTransformParams(shared_transform=True)(mod)

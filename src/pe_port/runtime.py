@@ -42,6 +42,27 @@ def check_weights(
         raise WeightError("weights do not match the config: " + "; ".join(problems))
 
 
+def check_images(images: np.ndarray, config: PEConfig) -> np.ndarray:
+    """Validate `[N, 3, H, W]` float32 pixels, H and W multiples of the patch, all finite."""
+    if not isinstance(images, np.ndarray):
+        raise InputError(f"images must be a numpy array, got {type(images).__name__}")
+    if images.dtype != np.float32:
+        raise InputError(f"images must be float32, got {images.dtype}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"images must have shape (N, 3, H, W), got {images.shape}")
+    patch = config.patch_size
+    n, _, height, width = images.shape
+    if n == 0 or height == 0 or width == 0:
+        raise InputError(f"images must not be empty, got shape {images.shape}")
+    if height % patch or width % patch:
+        raise InputError(
+            f"image size {height}x{width} is not a multiple of the patch size {patch}"
+        )
+    if not np.isfinite(images).all():
+        raise InputError("images contain NaN or Inf")
+    return images
+
+
 def to_numpy_dtype(dtype: str):
     if dtype == "bfloat16":
         import ml_dtypes
@@ -100,24 +121,7 @@ class CompiledTower:
         return [param.numpy() for param in self._params]
 
     def check_images(self, images: np.ndarray) -> np.ndarray:
-        """Validate `[N, 3, H, W]` float pixels; H and W multiples of the patch."""
-        if not isinstance(images, np.ndarray):
-            raise InputError(f"images must be a numpy array, got {type(images).__name__}")
-        if images.dtype != np.float32:
-            raise InputError(f"images must be float32, got {images.dtype}")
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise InputError(f"images must have shape (N, 3, H, W), got {images.shape}")
-        patch = self.config.patch_size
-        n, _, height, width = images.shape
-        if n == 0 or height == 0 or width == 0:
-            raise InputError(f"images must not be empty, got shape {images.shape}")
-        if height % patch or width % patch:
-            raise InputError(
-                f"image size {height}x{width} is not a multiple of the patch size {patch}"
-            )
-        if not np.isfinite(images).all():
-            raise InputError("images contain NaN or Inf")
-        return images
+        return check_images(images, self.config)
 
     def _run(self, name: str, images: np.ndarray, variant=None) -> np.ndarray:
         images = self.check_images(images)

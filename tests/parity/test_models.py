@@ -71,7 +71,8 @@ def test_forward_matches_reference_for_every_family(family, batch, grid_h, grid_
     assert_close(tower(images), reference_forward(ref, images))
 
 
-@settings(max_examples=20, deadline=None)
+# Each new (layer_idx, norm, strip) is its own compiled function: fewer draws keep this quick.
+@settings(max_examples=10, deadline=None)
 @given(
     family=st.sampled_from(["core", "spatial-g", "lang"]),
     layer_idx=st.integers(-3, 1),

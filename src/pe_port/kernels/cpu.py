@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-from tvm import te, tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
@@ -104,7 +103,7 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
     # One signature per epilogue: the buffers each one reads, nothing more.
     @T.prim_func(private=True)
     def dense_plain(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_out: T.handle):
-        T.func_attr({"tirx.noalias": True})
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
         m_total = T.int64()
         x = T.match_buffer(var_x, (m_total, k), "float32")
         w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
@@ -115,7 +114,7 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
     @T.prim_func(private=True)
     def dense_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_res: T.handle,
                   var_out: T.handle):
-        T.func_attr({"tirx.noalias": True})
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
         m_total = T.int64()
         x = T.match_buffer(var_x, (m_total, k), "float32")
         w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
@@ -127,7 +126,7 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
     @T.prim_func(private=True)
     def dense_scaled_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle,
                          var_res: T.handle, var_gamma: T.handle, var_out: T.handle):
-        T.func_attr({"tirx.noalias": True})
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
         m_total = T.int64()
         x = T.match_buffer(var_x, (m_total, k), "float32")
         w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
@@ -201,20 +200,34 @@ def pack_keys(k: nn.Tensor) -> nn.Tensor:
     keys strided by `s_pad` instead, every head dimension was a separate memory stream.
     """
 
-    def compute(keys: te.Tensor):
-        batch, seq, heads, head_dim = keys.shape
-        chunks = (seq + KEY_CHUNK - 1) // KEY_CHUNK
-        return te.compute(
-            (batch, heads, chunks, head_dim, KEY_CHUNK),
-            lambda b, h, c, d, j: tirx.if_then_else(
-                c * KEY_CHUNK + j < seq,
-                keys[b, tirx.min(c * KEY_CHUNK + j, seq - 1), h, d],
-                tirx.const(0.0, keys.dtype),
-            ),
-            name="pack_keys",
-        )
+    batch, seq, heads, head_dim = k.shape
+    head_dim = int(head_dim)
+    heads = int(heads)
 
-    return op.tensor_expr_op(compute, "pack_keys", args=[k])
+    # Written as TIR, not TE: emit_te orders the symbolic shape arguments by hash, which made
+    # the module (and so the compile-cache key) differ between otherwise identical builds.
+    @T.prim_func(private=True, s_tir=True)
+    def pack(var_k: T.handle, var_packed: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
+        n_batch = T.int64()
+        n_seq = T.int64()
+        chunks = T.int64()
+        keys = T.match_buffer(var_k, (n_batch, n_seq, heads, head_dim), "float32")
+        packed = T.match_buffer(var_packed, (n_batch, heads, chunks, head_dim, KEY_CHUNK),
+                                "float32")
+        for b, h, c, d, j in T.grid(n_batch, heads, chunks, head_dim, KEY_CHUNK):
+            with T.sblock("pack_keys"):
+                vb, vh, vc, vd, vj = T.axis.remap("SSSSS", [b, h, c, d, j])
+                packed[vb, vh, vc, vd, vj] = T.if_then_else(
+                    vc * KEY_CHUNK + vj < n_seq,
+                    keys[vb, T.min(vc * KEY_CHUNK + vj, n_seq - 1), vh, vd],
+                    T.float32(0),
+                )
+
+    chunks = (seq + KEY_CHUNK - 1) // KEY_CHUNK
+    return op.tensor_ir_op(
+        pack, "pack_keys", args=[k],
+        out=nn.Tensor.placeholder((batch, heads, chunks, head_dim, KEY_CHUNK), "float32"))
 
 
 def pack_values(v: nn.Tensor) -> nn.Tensor:
@@ -235,7 +248,7 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
 
     @T.prim_func(private=True)
     def attention(var_q: T.handle, var_kt: T.handle, var_v: T.handle, var_out: T.handle):
-        T.func_attr({"tirx.noalias": True})
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
         batch = T.int64()
         seq = T.int64()
         q = T.match_buffer(var_q, (batch, seq, heads, head_dim), "float32")

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Time PE on this CPU: TVM (this port) against PyTorch eager, torch.compile, ONNX Runtime and the
+traced route (torch.export -> TVM frontend, same build), fp32, each in its own process.
+
+    .venv/bin/python scripts/bench_cpu.py [--models M ...] [--batches 1 8] [--repeats 5]
+
+Prints one table: model, batch, ms per runner, ratio of TVM to the best peer (> 1: TVM is
+faster), TVM's GFLOP/s and its share of the fp32 matmul ceiling measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+from pe_port.bench import RUNNERS, measure_in_subprocess, model_config
+from pe_port.params import forward_flops
+
+DEFAULT_MODELS = ["PE-Core-T16-384", "PE-Core-S16-384", "PE-Core-B16-224", "PE-Spatial-B16-512"]
+PEERS = ("eager", "compile", "onnxruntime")
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=RUNNERS)
+    args = parser.parse_args()
+
+    ceiling = measure_in_subprocess(["ceiling"]).get("gflops", float("nan"))
+    rows = []
+    for model in args.models:
+        for batch in args.batches:
+            times = {}
+            for runner in args.runners:
+                progress(f"bench: {model} batch {batch} {runner}")
+                # The traced route runs unscheduled kernels: time it once, not `repeats` times.
+                repeats = 1 if runner == "tvm-torch-export" else args.repeats
+                times[runner] = measure_in_subprocess([runner, model, str(batch), str(repeats)])
+            rows.append((model, batch, times))
+    print_table(rows, ceiling, args.runners)
+    return 0
+
+
+def print_table(rows, ceiling: float, runners: list[str]) -> None:
+    print(f"machine: {platform.processor() or platform.machine()}, fp32 matmul ceiling "
+          f"{ceiling:.0f} GFLOP/s (PyTorch 2048^3)")
+    header = ["model", "batch"] + [f"{r} ms" for r in runners] + ["best peer / TVM", "GFLOP/s",
+                                                                   "% ceiling"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for model, batch, times in rows:
+        cells = [model, str(batch)]
+        for runner in runners:
+            result = times[runner]
+            cells.append(f"{result['ms']:.1f}" if "ms" in result else "skipped")
+        tvm_ms = times.get("tvm", {}).get("ms")
+        peers = [times[p]["ms"] for p in PEERS if p in times and "ms" in times[p]]
+        if tvm_ms and peers:
+            cfg = model_config(model)
+            gflops = forward_flops(cfg, batch, cfg.image_size, cfg.image_size) / tvm_ms / 1e6
+            cells += [f"{min(peers) / tvm_ms:.2f}x", f"{gflops:.0f}",
+                      f"{100 * gflops / ceiling:.0f}%"]
+        else:
+            cells += ["-", "-", "-"]
+        print("| " + " | ".join(cells) + " |")
+    for model, batch, times in rows:
+        for runner, result in times.items():
+            if "skipped" in result:
+                print(f"skipped {runner} ({model}, batch {batch}): {result['skipped']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Build `cpp/` once per session, from a clean folder, and export PE-Core-T16-384 for it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CPP_DIR = Path(__file__).resolve().parents[2] / "cpp"
+SMALL_MODEL = "PE-Core-T16-384"
+# A forward_features variant compiled into the test artifact: (layer_idx, norm, strip_cls).
+VARIANT = (-2, True, True)
+
+
+def _missing_tools() -> list[str]:
+    missing = [] if shutil.which("cmake") else ["cmake"]
+    if not any(shutil.which(cxx) for cxx in (os.environ.get("CXX", "c++"), "c++", "g++")):
+        missing.append("a C++ compiler (c++ / g++)")
+    return missing
+
+
+@pytest.fixture(scope="session")
+def cpp_build(tmp_path_factory) -> Path:
+    """`cpp/` configured and built in an empty folder; skips only without cmake or a compiler."""
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"the C++ runner needs {' and '.join(missing)} (`make cpp-deps` installs "
+                    "them on Debian/Ubuntu)")
+    build = tmp_path_factory.mktemp("cpp-build")
+    assert not any(build.iterdir())
+    jobs = str(max(1, os.cpu_count() or 1))
+    for command in (
+        ["cmake", "-S", str(CPP_DIR), "-B", str(build), f"-DPE_PYTHON={sys.executable}",
+         "-DCMAKE_BUILD_TYPE=Release"],
+        ["cmake", "--build", str(build), "-j", jobs],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, (
+            f"{' '.join(command)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return build
+
+
+@pytest.fixture(scope="session")
+def pe_infer(cpp_build) -> Path:
+    return cpp_build / "pe_infer"
+
+
+@pytest.fixture(scope="session")
+def t16_encoder(t16_checkpoint):
+    import pe_port
+
+    return pe_port.load(SMALL_MODEL, checkpoint=t16_checkpoint, progress=None)
+
+
+@pytest.fixture(scope="session")
+def t16_artifact(t16_encoder, tmp_path_factory) -> Path:
+    """PE-Core-T16-384 with seeded random weights, with one extra forward_features variant."""
+    out = tmp_path_factory.mktemp("export") / "t16"
+    return t16_encoder.export(out, feature_variants=[VARIANT], progress=None)
+
+
+def run_pe_infer(binary: Path, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env}, timeout=600)

@@ -1,0 +1,294 @@
+"""The C++ runner against the Python API: same artifact, same inputs, same outputs.
+
+Builds `cpp/` from a clean folder (conftest), exports PE-Core-T16-384 with seeded random weights,
+runs `pe_infer` on a `.npy` and on PNG and JPEG images, and compares with `pe_port`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import zlib
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pe_port
+from pe_port.compile import features_function_name
+from tests.cpp.conftest import SMALL_MODEL, VARIANT, run_pe_infer
+from tests.helpers import random_images, rel_error
+
+# The .npy path runs the same library on the same bits as the Python API: the issue's bound.
+NPY_TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def pixels(tmp_path_factory):
+    path = tmp_path_factory.mktemp("npy") / "pixels.npy"
+    np.save(path, random_images(2, 64, 48, seed=3))
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    """A smooth synthetic photo (not square, so the resize squashes) as PNG and JPEG."""
+    folder = tmp_path_factory.mktemp("images")
+    y, x = np.mgrid[0:300, 0:451].astype(np.float32)
+    rgb = np.stack([128 + 100 * np.sin(x / 37.0), 128 + 90 * np.cos(y / 23.0),
+                    (x + y) % 256], axis=-1)
+    noise = np.random.default_rng(0).integers(-20, 21, rgb.shape)
+    image = Image.fromarray(np.clip(rgb + noise, 0, 255).astype(np.uint8), "RGB")
+    image.save(folder / "photo.png")
+    image.save(folder / "photo.jpg", quality=90)
+    return folder
+
+
+def test_npy_matches_the_python_api(pe_infer, t16_artifact, t16_encoder, pixels, tmp_path):
+    out = tmp_path / "emb.npy"
+    done = run_pe_infer(pe_infer, t16_artifact, pixels, out)
+    assert done.returncode == 0, done.stderr
+    expected = t16_encoder(np.load(pixels))
+    got = np.load(out)
+    assert got.dtype == np.float32 and got.shape == expected.shape == (2, 512)
+    assert rel_error(got, expected) <= NPY_TOLERANCE
+
+
+def test_features_match_the_python_api(pe_infer, t16_artifact, t16_encoder, pixels, tmp_path):
+    images = np.load(pixels)
+    out = tmp_path / "tok.npy"
+    done = run_pe_infer(pe_infer, t16_artifact, pixels, out, "--features")
+    assert done.returncode == 0, done.stderr
+    assert rel_error(np.load(out), t16_encoder.forward_features(images)) <= NPY_TOLERANCE
+
+    layer_idx, norm, strip = VARIANT
+    flags = ["--features", "--layer-idx", layer_idx, "--norm", "--strip-cls"]
+    done = run_pe_infer(pe_infer, t16_artifact, pixels, out, *flags, "--threads", 1)
+    assert done.returncode == 0, done.stderr
+    expected = t16_encoder.forward_features(images, layer_idx=layer_idx, norm=norm,
+                                            strip_cls_token=strip)
+    assert np.load(out).shape == expected.shape == (2, 12, 192)  # 4x3 patches, no cls token
+    assert rel_error(np.load(out), expected) <= NPY_TOLERANCE
+
+
+def test_a_variant_not_exported_is_a_clear_error(pe_infer, t16_artifact, pixels, tmp_path):
+    out = tmp_path / "tok.npy"
+    done = run_pe_infer(pe_infer, t16_artifact, pixels, out, "--features", "--layer-idx", "3")
+    assert done.returncode == 2 and not out.exists()
+    missing = features_function_name(False, 3, False, 12)
+    assert f"has no {missing}" in done.stderr
+    assert "forward, forward_features, forward_features_norm1_layer10_strip1" in done.stderr
+    assert "--features-variant 3" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["photo.png", "photo.jpg"])
+def test_images_match_the_python_api(pe_infer, cpp_build, t16_artifact, t16_encoder, photo,
+                                     name, tmp_path):
+    """Decoding and the Pillow-equivalent resize give the very same pixels, hence outputs."""
+    path = photo / name
+    preprocessed = tmp_path / "pre.npy"
+    done = subprocess.run([str(cpp_build / "pe_preprocess"), str(path), "384", str(preprocessed)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    python_pixels = pe_port.preprocess([path], 384)
+    np.testing.assert_array_equal(np.load(preprocessed), python_pixels)
+
+    out = tmp_path / "emb.npy"
+    done = run_pe_infer(pe_infer, t16_artifact, path, out)
+    assert done.returncode == 0, done.stderr
+    expected = t16_encoder.encode_images([path])
+    assert rel_error(np.load(out), expected) <= NPY_TOLERANCE
+
+
+def test_metadata_records_what_pe_infer_checks(t16_artifact):
+    meta = json.loads((t16_artifact / "metadata.json").read_text())
+    assert meta["format_version"] == 1 and meta["model"] == SMALL_MODEL
+    name = features_function_name(VARIANT[1], VARIANT[0], VARIANT[2], 12)
+    assert meta["functions"] == ["forward", "forward_features", name]
+    assert meta["feature_variants"] == [
+        {"function": name, "layer_idx": 10, "norm": True, "strip_cls_token": True}]
+    blob = (t16_artifact / "weights.bin").read_bytes()
+    assert len(blob) == meta["weights_nbytes"]
+    assert zlib.crc32(blob) == meta["weights_crc32"]
+
+
+def test_the_model_table_is_pythons(pe_infer):
+    done = run_pe_infer(pe_infer, "--list-models")
+    assert done.returncode == 0
+    table = json.loads(done.stdout)
+    assert table == {name: asdict(config) for name, config in pe_port.PE_VISION_CONFIG.items()}
+
+
+def test_ctest_passes(cpp_build):
+    done = subprocess.run(["ctest", "--output-on-failure"], cwd=cpp_build, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- what goes wrong is said clearly, with exit code 2 and no output file -----------------------
+
+def copy_artifact(artifact, tmp_path):
+    return shutil.copytree(artifact, tmp_path / "artifact")
+
+
+def edit_metadata(folder, change):
+    meta = json.loads((folder / "metadata.json").read_text())
+    change(meta)
+    (folder / "metadata.json").write_text(json.dumps(meta))
+
+
+def expect_error(pe_infer, args, message, out):
+    done = run_pe_infer(pe_infer, *args)
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert lines[0].startswith("pe_infer: error: "), done.stderr
+    assert message in lines[0], done.stderr
+    assert not out.exists()
+
+
+def test_missing_or_incomplete_artifact(pe_infer, t16_artifact, pixels, tmp_path):
+    out = tmp_path / "o.npy"
+    expect_error(pe_infer, [tmp_path / "nothing", pixels, out], "is not a folder", out)
+    art = copy_artifact(t16_artifact, tmp_path)
+    (art / "weights.bin").unlink()
+    expect_error(pe_infer, [art, pixels, out], "weights.bin is missing", out)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate_weights", "truncated or from another export"),
+    ("flip_weight_byte", "are corrupt: their CRC-32"),
+    ("truncate_library", "model.so is corrupt: its CRC-32"),
+    ("truncate_library_no_crc", "model.so is truncated or corrupt"),
+    ("text_library_no_crc", "model.so is not a shared library"),
+    ("bad_json", "is not valid JSON"),
+    ("format_version", "has format version 2; this pe_infer reads version 1"),
+    ("unknown_model", "which pe_infer does not know"),
+    ("wrong_config", "config differs: width 384 (expected 192)"),
+    ("missing_field", "params is missing"),
+])
+def test_corrupt_artifact(pe_infer, t16_artifact, pixels, tmp_path, damage, message):
+    art = copy_artifact(t16_artifact, tmp_path)
+    weights, library = art / "weights.bin", art / "model.so"
+    if damage == "truncate_weights":
+        weights.write_bytes(weights.read_bytes()[:-10])
+    elif damage == "flip_weight_byte":
+        blob = bytearray(weights.read_bytes())
+        blob[len(blob) // 2] ^= 0x40
+        weights.write_bytes(bytes(blob))
+    elif damage.startswith("truncate_library"):
+        library.write_bytes(library.read_bytes()[:5000])
+    elif damage == "text_library_no_crc":
+        library.write_text("not a library")
+    elif damage == "bad_json":
+        (art / "metadata.json").write_text('{"format_version": 1, "model": ')
+    elif damage == "format_version":
+        edit_metadata(art, lambda m: m.update(format_version=2))
+    elif damage == "unknown_model":
+        edit_metadata(art, lambda m: m.update(model="PE-Core-X99"))
+    elif damage == "wrong_config":
+        edit_metadata(art, lambda m: m["config"].update(width=384))
+    elif damage == "missing_field":
+        edit_metadata(art, lambda m: m.pop("params"))
+    if damage.endswith("_no_crc"):  # as an artifact without the checksum would be
+        edit_metadata(art, lambda m: m.pop("library_crc32"))
+    out = tmp_path / "o.npy"
+    expect_error(pe_infer, [art, pixels, out], message, out)
+
+
+def test_bad_inputs(pe_infer, t16_artifact, tmp_path):
+    out = tmp_path / "o.npy"
+    cases = {
+        "f64.npy": (random_images(1, 32, 32, 0).astype(np.float64), "has dtype float64"),
+        "rank3.npy": (random_images(1, 32, 32, 0)[0], "must have shape (N, 3, H, W)"),
+        "gray.npy": (random_images(1, 32, 32, 0)[:, :1], "must have shape (N, 3, H, W)"),
+        "odd.npy": (random_images(1, 40, 32, 0), "is not a multiple of the patch size 16"),
+        "nan.npy": (np.full((1, 3, 32, 32), np.nan, np.float32), "contain NaN or Inf"),
+    }
+    for name, (array, message) in cases.items():
+        np.save(tmp_path / name, array)
+        expect_error(pe_infer, [t16_artifact, tmp_path / name, out], message, out)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    expect_error(pe_infer, [t16_artifact, tmp_path / "bad.png", out], "cannot read image", out)
+    (tmp_path / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\0" * 8)
+    expect_error(pe_infer, [t16_artifact, tmp_path / "cut.jpg", out], "cannot read image", out)
+    (tmp_path / "a.gif").write_bytes(b"GIF89a" + b"\0" * 20)
+    expect_error(pe_infer, [t16_artifact, tmp_path / "a.gif", out], "not a PNG or JPEG", out)
+    expect_error(pe_infer, [t16_artifact, tmp_path / "none.png", out], "does not exist", out)
+
+
+def test_truncated_image(pe_infer, t16_artifact, photo, tmp_path):
+    out = tmp_path / "o.npy"
+    for name in ("photo.png", "photo.jpg"):
+        data = (photo / name).read_bytes()
+        cut = tmp_path / f"cut-{name}"
+        cut.write_bytes(data[: len(data) // 2])
+        expect_error(pe_infer, [t16_artifact, cut, out], f"cannot read image {cut}", out)
+
+
+def test_unwritable_output(pe_infer, t16_artifact, pixels, tmp_path):
+    expect_error(pe_infer, [t16_artifact, pixels, tmp_path / "no" / "o.npy"], "does not exist",
+                 tmp_path / "no" / "o.npy")
+    expect_error(pe_infer, [t16_artifact, pixels, tmp_path / "o.txt"], "must be a file name "
+                 "ending with .npy", tmp_path / "o.txt")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root writes anyway: nothing to test then
+            expect_error(pe_infer, [t16_artifact, pixels, locked / "o.npy"], "is not writable",
+                         locked / "o.npy")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_usage_errors(pe_infer, t16_artifact, pixels, tmp_path):
+    out = tmp_path / "o.npy"
+    expect_error(pe_infer, [t16_artifact, pixels], "expected ARTIFACT_DIR INPUT OUTPUT.npy", out)
+    expect_error(pe_infer, [t16_artifact, pixels, out, "--norm"], "add --features", out)
+    expect_error(pe_infer, [t16_artifact, pixels, out, "--features", "--layer-idx", "12"],
+                 "--layer-idx 12 is out of range", out)
+    expect_error(pe_infer, [t16_artifact, pixels, out, "--device", "cuda"],
+                 "was compiled for cpu", out)
+    expect_error(pe_infer, [t16_artifact, pixels, out, "--threads", "0"], "--threads needs", out)
+
+
+# ---- `pe-port export --features-variant` ---------------------------------------------------------
+
+def test_cli_export_adds_feature_variants(t16_checkpoint, t16_artifact, tmp_path):
+    from pe_port.cli import main
+
+    out = tmp_path / "art"
+    layer_idx, norm, strip = VARIANT
+    spec = ",".join([str(layer_idx)] + ["norm"] * norm + ["strip"] * strip)
+    assert main(["export", SMALL_MODEL, "--checkpoint", str(t16_checkpoint), "-o", str(out),
+                 f"--features-variant={spec}", "--features-variant", "-1"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    expected = json.loads((t16_artifact / "metadata.json").read_text())
+    assert meta["functions"] == expected["functions"]  # "-1" is the default forward_features
+    assert (out / "weights.bin").read_bytes() == (t16_artifact / "weights.bin").read_bytes()
+
+
+@pytest.mark.parametrize("spec", ["x", "1,norm,norm", "1,strip,bold", ""])
+def test_cli_export_rejects_malformed_variants(t16_checkpoint, tmp_path, capsys, spec):
+    from pe_port.cli import main
+
+    out = tmp_path / "art"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", SMALL_MODEL, "--checkpoint", str(t16_checkpoint), "-o", str(out),
+              f"--features-variant={spec}"])
+    assert exit_info.value.code == 2 and not out.exists()
+    assert "--features-variant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["12", "-13"])
+def test_cli_export_rejects_layers_the_model_lacks(t16_checkpoint, tmp_path, capsys, spec):
+    from pe_port.cli import main
+
+    out = tmp_path / "art"
+    assert main(["export", SMALL_MODEL, "--checkpoint", str(t16_checkpoint), "-o", str(out),
+                 f"--features-variant={spec}"]) == 2
+    assert "layer_idx must be an integer in [-12, 11]" in capsys.readouterr().err
+    assert not out.exists()

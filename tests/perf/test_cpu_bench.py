@@ -1,0 +1,41 @@
+"""The perf suite: every runner of the CPU benchmark, through pytest-benchmark.
+
+`make bench` times the official models (PE_BENCH_MODELS); `make test` runs this file once with
+timing disabled (`--benchmark-disable`, the default in pyproject) on a tiny tower, as a smoke
+test that every runner works.
+Each runner is timed in-process here; `scripts/bench_cpu.py` gives the isolated, tabulated run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+
+from pe_port.bench import RUNNERS, make_runner
+
+# Unset (as in `make test`): the tiny smoke-test tower only. `make bench` names the real ones.
+MODELS = os.environ.get("PE_BENCH_MODELS", "tiny").split(",")
+BATCHES = [int(b) for b in os.environ.get("PE_BENCH_BATCHES", "1").split(",")]
+
+NEEDS = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript")}
+
+
+def missing_package(runner: str) -> str | None:
+    for package in NEEDS.get(runner, ()):
+        if importlib.util.find_spec(package) is None:
+            return package
+    return None
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("model", MODELS)
+def test_forward_speed(benchmark, model, batch, runner):
+    package = missing_package(runner)
+    if package:
+        pytest.skip(f"{runner} needs the {package} package")
+    run = make_runner(runner, model, batch)
+    benchmark.extra_info.update(model=model, batch=batch, runner=runner)
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
