@@ -127,3 +127,29 @@ def test_official_config_matches_reference(name, height, width, batch):
     ref, tower = real_tower(name)
     images = random_images(batch, height, width, seed=batch)
     assert_close(tower(images), reference_forward(ref, images))
+
+
+@functools.cache
+def generic_tower(family: str):
+    """The graph the GPU build schedules (plain Relax ops), compiled for this CPU instead."""
+    import tvm
+    from tvm import relax
+
+    from pe_port.compile import _export, build
+
+    cfg = custom_config(**FAMILIES[family])
+    ref = reference_model(cfg, seed=2)
+    mod, specs = _export(cfg, "float32", (), "generic")
+    vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
+    weights = numpy_weights(ref)
+    packed = list(vm["transform_params"]([tvm.runtime.tensor(weights[n]) for n, _ in specs]))
+    return ref, lambda images: vm["forward"](tvm.runtime.tensor(images), *packed).numpy()
+
+
+@settings(max_examples=8, deadline=None)
+@given(family=st.sampled_from(["core", "spatial-g", "avg-pool"]), batch=st.integers(1, 2),
+       grid_h=st.integers(1, 5), grid_w=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_generic_ops_for_the_gpu_match_reference(family, batch, grid_h, grid_w, seed):
+    ref, run = generic_tower(family)
+    images = random_images(batch, grid_h * 8, grid_w * 8, seed)
+    assert_close(run(images), reference_forward(ref, images))
