@@ -221,8 +221,11 @@ class VisionTransformer(nn.Module):
             x = x[:, 1:, :]
         return x
 
-    def forward(self, x: torch.Tensor, layer_idx: int = -1) -> torch.Tensor:
-        x = self.forward_features(x, norm=True, layer_idx=layer_idx)
+    def forward(
+        self, x: torch.Tensor, layer_idx: int = -1, strip_cls_token: bool = False
+    ) -> torch.Tensor:
+        x = self.forward_features(x, norm=True, layer_idx=layer_idx,
+                                  strip_cls_token=strip_cls_token)
         x = self.pool(x)
         if self.proj is not None:
             x = x @ self.proj
