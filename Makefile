@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) cpp-deps
 	$(PY) -m pytest -q
 
 # Times TVM against PyTorch eager, torch.compile and ONNX Runtime on the official models.
@@ -33,3 +33,24 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis
+
+# ---- C++ runner (cpp/) --------------------------------------------------------------------------
+# `make cpp` builds build/cpp/pe_infer against the TVM runtime and tvm-ffi of the .venv wheels.
+CPP_BUILD := build/cpp
+.PHONY: cpp cpp-deps cpp-test cpp-bench
+
+# The system packages the C++ build needs (cmake, g++, libpng, libjpeg, zlib), installed with
+# apt-get when missing; `make test` runs it first since the suite builds cpp/ (tests/cpp).
+cpp-deps:
+	@sh cpp/scripts/install-deps.sh
+
+cpp: $(STAMP) cpp-deps
+	cmake -S cpp -B $(CPP_BUILD) -DPE_PYTHON=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(CPP_BUILD) -j
+
+cpp-test: cpp
+	cd $(CPP_BUILD) && ctest --output-on-failure
+
+# Per-image latency of pe_infer against the Python API (docs/perf.md, "C++ runner").
+cpp-bench: cpp
+	$(PY) cpp/scripts/bench_cpp.py --pe-infer $(CPP_BUILD)/pe_infer

@@ -24,6 +24,7 @@ from pe_port.checkpoint import (
 )
 from pe_port.compile import (
     DTYPES,
+    build,
     cached_build,
     export_tower,
     features_function_name,
@@ -109,15 +110,19 @@ class Encoder:
         names = {features_function_name(norm, idx, strip, layers): (idx, norm, strip)
                  for idx, norm, strip in variants}
         names.pop("forward_features", None)  # the default variant is always there
-        executable = self.tower.executable
-        if names:
-            target = self.tower.target
-            mod, specs = export_tower(
-                self.config, self.dtype, target=target,
-                feature_variants=tuple((norm, idx, strip) for idx, norm, strip in names.values()))
-            if specs != self.tower.param_specs:
-                raise RuntimeError("feature variants changed the parameter list")  # a bug
-            executable = cached_build(mod, target, progress)
+        target = self.tower.target
+        mod, specs = export_tower(
+            self.config, self.dtype, target=target,
+            feature_variants=tuple((norm, idx, strip) for idx, norm, strip in names.values()))
+        if specs != self.tower.param_specs:
+            raise RuntimeError("feature variants changed the parameter list")  # a bug
+        executable = cached_build(mod, target, progress) if names else self.tower.executable
+        if any(lib.kind == "library" for lib in executable.mod.imports):
+            # The compile cache hands back libraries loaded from disk, whose machine code TVM
+            # cannot export again: compile the same module afresh for the artifact.
+            if progress:
+                progress(f"compiling {self.name} for the artifact")
+            executable = build(mod, target)
         executable.export_library(str(folder / "model.so"))
         library_crc = zlib.crc32((folder / "model.so").read_bytes())
         np_dtype = to_numpy_dtype(self.dtype)

@@ -1,0 +1,332 @@
+#include "artifact.h"
+
+#include <tvm/ffi/any.h>
+#include <tvm/ffi/container/array.h>
+#include <tvm/ffi/container/map.h>
+#include <tvm/ffi/extra/json.h>
+#include <tvm/ffi/string.h>
+#include <elf.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+namespace pe {
+namespace {
+
+namespace json = tvm::ffi::json;
+using tvm::ffi::Any;
+using tvm::ffi::TypeIndex;
+
+// Typed access to metadata.json; `where` names the field in messages ("config.width").
+class Fields {
+ public:
+  Fields(const std::string& path) : path_(path) {}
+
+  [[noreturn]] void Bad(const std::string& where, const std::string& what) const {
+    Fail("artifact metadata ", path_, " is invalid: ", where, " ", what,
+         " (re-export it with `pe-port export`)");
+  }
+
+  json::Object Object(const Any& value, const std::string& where) const {
+    if (value.type_index() != TypeIndex::kTVMFFIMap) Bad(where, "is not an object");
+    return value.cast<json::Object>();
+  }
+
+  const Any Get(const json::Object& object, const std::string& key,
+                const std::string& where) const {
+    auto it = object.find(tvm::ffi::String(key));
+    if (it == object.end()) Bad(where.empty() ? key : where + "." + key, "is missing");
+    return (*it).second;
+  }
+
+  bool Has(const json::Object& object, const std::string& key) const {
+    return object.find(tvm::ffi::String(key)) != object.end();
+  }
+
+  std::string Str(const Any& value, const std::string& where) const {
+    auto text = value.as<tvm::ffi::String>();
+    if (!text) Bad(where, "is not a string");
+    return std::string(*text);
+  }
+
+  int64_t Int(const Any& value, const std::string& where) const {
+    if (value.type_index() != TypeIndex::kTVMFFIInt) Bad(where, "is not an integer");
+    return value.cast<int64_t>();
+  }
+
+  int SmallInt(const Any& value, const std::string& where) const {
+    int64_t n = Int(value, where);
+    if (n < 0 || n > std::numeric_limits<int>::max()) Bad(where, "is out of range");
+    return static_cast<int>(n);
+  }
+
+  double Number(const Any& value, const std::string& where) const {
+    if (value.type_index() == TypeIndex::kTVMFFIInt) return static_cast<double>(Int(value, where));
+    if (value.type_index() != TypeIndex::kTVMFFIFloat) Bad(where, "is not a number");
+    return value.cast<double>();
+  }
+
+  bool Bool(const Any& value, const std::string& where) const {
+    if (value.type_index() != TypeIndex::kTVMFFIBool) Bad(where, "is not true or false");
+    return value.cast<bool>();
+  }
+
+  bool IsNull(const Any& value) const { return value.type_index() == TypeIndex::kTVMFFINone; }
+
+  json::Array Array(const Any& value, const std::string& where) const {
+    if (value.type_index() != TypeIndex::kTVMFFIArray) Bad(where, "is not a list");
+    return value.cast<json::Array>();
+  }
+
+ private:
+  std::string path_;
+};
+
+ModelConfig ReadConfig(const Fields& f, const json::Object& c) {
+  ModelConfig config;
+  const std::string w = "config";
+  config.patch_size = f.SmallInt(f.Get(c, "patch_size", w), "config.patch_size");
+  config.width = f.SmallInt(f.Get(c, "width", w), "config.width");
+  config.layers = f.SmallInt(f.Get(c, "layers", w), "config.layers");
+  config.heads = f.SmallInt(f.Get(c, "heads", w), "config.heads");
+  config.mlp_ratio = f.Number(f.Get(c, "mlp_ratio", w), "config.mlp_ratio");
+  Any output_dim = f.Get(c, "output_dim", w);
+  if (!f.IsNull(output_dim)) config.output_dim = f.SmallInt(output_dim, "config.output_dim");
+  Any ls = f.Get(c, "ls_init_value", w);
+  if (!f.IsNull(ls)) config.ls_init_value = f.Number(ls, "config.ls_init_value");
+  config.drop_path = f.Number(f.Get(c, "drop_path", w), "config.drop_path");
+  config.image_size = f.SmallInt(f.Get(c, "image_size", w), "config.image_size");
+  config.use_abs_posemb = f.Bool(f.Get(c, "use_abs_posemb", w), "config.use_abs_posemb");
+  config.use_cls_token = f.Bool(f.Get(c, "use_cls_token", w), "config.use_cls_token");
+  config.use_rope2d = f.Bool(f.Get(c, "use_rope2d", w), "config.use_rope2d");
+  config.pool_type = f.Str(f.Get(c, "pool_type", w), "config.pool_type");
+  config.attn_pooler_heads =
+      f.SmallInt(f.Get(c, "attn_pooler_heads", w), "config.attn_pooler_heads");
+  config.use_ln_pre = f.Bool(f.Get(c, "use_ln_pre", w), "config.use_ln_pre");
+  config.use_ln_post = f.Bool(f.Get(c, "use_ln_post", w), "config.use_ln_post");
+  return config;
+}
+
+std::string KnownModels() {
+  std::string names;
+  for (const OfficialModel& model : OfficialModels()) {
+    names += (names.empty() ? "" : ", ") + model.name;
+  }
+  return names;
+}
+
+}  // namespace
+
+bool Artifact::HasFunction(const std::string& name) const {
+  return std::find(functions.begin(), functions.end(), name) != functions.end();
+}
+
+std::string Artifact::FunctionList() const {
+  std::string list;
+  for (const std::string& name : functions) list += (list.empty() ? "" : ", ") + name;
+  return list;
+}
+
+Artifact LoadArtifact(const std::string& dir) {
+  if (!IsDirectory(dir)) {
+    Fail("artifact ", dir, " is not a folder (make one with `pe-port export MODEL -o ", dir,
+         "`)");
+  }
+  Artifact a;
+  a.dir = dir;
+  a.library_path = dir + "/model.so";
+  a.weights_path = dir + "/weights.bin";
+  a.metadata_path = dir + "/metadata.json";
+  for (const std::string& file : {a.metadata_path, a.library_path, a.weights_path}) {
+    if (!IsRegularFile(file)) Fail("artifact ", dir, " is incomplete: ", file, " is missing");
+  }
+  std::vector<uint8_t> bytes = ReadFile(a.metadata_path, "artifact metadata");
+  tvm::ffi::String error;
+  Any root;
+  try {
+    root = json::Parse(tvm::ffi::String(std::string(bytes.begin(), bytes.end())), &error);
+  } catch (const std::exception& err) {
+    error = err.what();
+  }
+  if (!error.empty()) {
+    Fail("artifact metadata ", a.metadata_path, " is not valid JSON: ", std::string(error));
+  }
+  Fields f(a.metadata_path);
+  json::Object meta = f.Object(root, "the top level");
+
+  // Format first: a newer layout may have moved anything else.
+  int64_t version = f.Int(f.Get(meta, "format_version", ""), "format_version");
+  if (version != kFormatVersion) {
+    Fail("artifact ", dir, " has format version ", version, "; this pe_infer reads version ",
+         kFormatVersion, " (export it again with the matching pe-port, or rebuild pe_infer)");
+  }
+
+  a.model = f.Str(f.Get(meta, "model", ""), "model");
+  const ModelConfig* official = FindOfficialModel(a.model);
+  if (!official) {
+    Fail("artifact ", dir, " holds model '", a.model, "', which pe_infer does not know; known: ",
+         KnownModels());
+  }
+  a.config = ReadConfig(f, f.Object(f.Get(meta, "config", ""), "config"));
+  std::string differences = ConfigDifferences(*official, a.config);
+  if (!differences.empty()) {
+    Fail("artifact ", dir, " says it holds ", a.model, " but its config differs: ",
+         differences);
+  }
+
+  a.dtype = f.Str(f.Get(meta, "dtype", ""), "dtype");
+  if (a.dtype == "float32") {
+    a.dtype_bytes = 4;
+  } else if (a.dtype == "float16" || a.dtype == "bfloat16") {
+    a.dtype_bytes = 2;
+  } else {
+    f.Bad("dtype", "is '" + a.dtype + "', not float32, float16 or bfloat16");
+  }
+
+  // The target is TVM's JSON of the target; its "kind" says which device the code runs on.
+  std::string target = f.Str(f.Get(meta, "target", ""), "target");
+  Any target_json = json::Parse(tvm::ffi::String(target), &error);
+  if (!error.empty() || target_json.type_index() != TypeIndex::kTVMFFIMap) {
+    f.Bad("target", "is not a TVM target description");
+  }
+  a.target_kind = f.Str(f.Get(f.Object(target_json, "target"), "kind", "target"), "target.kind");
+  if (f.Has(meta, "tvm_version")) a.tvm_version = f.Str(f.Get(meta, "tvm_version", ""), "tvm_version");
+
+  for (const Any& name : f.Array(f.Get(meta, "functions", ""), "functions")) {
+    a.functions.push_back(f.Str(name, "functions[]"));
+  }
+  if (!a.HasFunction("forward")) f.Bad("functions", "does not list forward");
+
+  json::Object pre = f.Object(f.Get(meta, "preprocess", ""), "preprocess");
+  a.image_size = f.SmallInt(f.Get(pre, "image_size", "preprocess"), "preprocess.image_size");
+  std::string resize = f.Str(f.Get(pre, "resize", "preprocess"), "preprocess.resize");
+  if (resize != "bilinear") f.Bad("preprocess.resize", "is '" + resize + "', not bilinear");
+  std::string layout = f.Str(f.Get(pre, "layout", "preprocess"), "preprocess.layout");
+  if (layout != "NCHW") f.Bad("preprocess.layout", "is '" + layout + "', not NCHW");
+  json::Array mean = f.Array(f.Get(pre, "mean", "preprocess"), "preprocess.mean");
+  json::Array std = f.Array(f.Get(pre, "std", "preprocess"), "preprocess.std");
+  if (mean.size() != 3 || std.size() != 3) f.Bad("preprocess", "mean and std need 3 values");
+  for (int c = 0; c < 3; ++c) {
+    a.mean[c] = static_cast<float>(f.Number(mean[c], "preprocess.mean[]"));
+    a.std[c] = static_cast<float>(f.Number(std[c], "preprocess.std[]"));
+    if (a.std[c] == 0.0f) f.Bad("preprocess.std", "has a zero");
+  }
+  if (a.image_size <= 0 || a.image_size % a.config.patch_size) {
+    f.Bad("preprocess.image_size", "is not a positive multiple of the patch size");
+  }
+
+  // The parameter table: back to back in weights.bin, each as large as its shape says.
+  uint64_t expected_offset = 0;
+  for (const Any& item : f.Array(f.Get(meta, "params", ""), "params")) {
+    json::Object entry = f.Object(item, "params[]");
+    ParamEntry p;
+    p.name = f.Str(f.Get(entry, "name", "params[]"), "params[].name");
+    const std::string where = "params[" + p.name + "]";
+    uint64_t count = 1;
+    for (const Any& dim : f.Array(f.Get(entry, "shape", where), where + ".shape")) {
+      int64_t d = f.Int(dim, where + ".shape");
+      if (d < 0 || (d && count > (uint64_t{1} << 40) / static_cast<uint64_t>(d))) {
+        f.Bad(where + ".shape", "is impossible");
+      }
+      p.shape.push_back(d);
+      count *= static_cast<uint64_t>(d);
+    }
+    int64_t offset = f.Int(f.Get(entry, "offset", where), where + ".offset");
+    int64_t nbytes = f.Int(f.Get(entry, "nbytes", where), where + ".nbytes");
+    if (offset < 0 || static_cast<uint64_t>(offset) != expected_offset) {
+      f.Bad(where + ".offset", "does not follow the previous parameter");
+    }
+    if (nbytes < 0 || static_cast<uint64_t>(nbytes) != count * a.dtype_bytes) {
+      f.Bad(where + ".nbytes", "does not match its shape and dtype");
+    }
+    p.offset = static_cast<uint64_t>(offset);
+    p.nbytes = static_cast<uint64_t>(nbytes);
+    expected_offset += p.nbytes;
+    a.params.push_back(std::move(p));
+  }
+  if (a.params.empty()) f.Bad("params", "is empty");
+  a.weights_nbytes = expected_offset;
+  if (f.Has(meta, "weights_nbytes") &&
+      static_cast<uint64_t>(f.Int(f.Get(meta, "weights_nbytes", ""), "weights_nbytes")) !=
+          a.weights_nbytes) {
+    f.Bad("weights_nbytes", "is not the sum of the parameters' sizes");
+  }
+  for (const char* key : {"weights_crc32", "library_crc32"}) {
+    if (!f.Has(meta, key)) continue;
+    int64_t crc = f.Int(f.Get(meta, key, ""), key);
+    if (crc < 0 || crc > 0xffffffffLL) f.Bad(key, "is not a CRC-32");
+    (key[0] == 'w' ? a.weights_crc32 : a.library_crc32) = static_cast<uint32_t>(crc);
+  }
+  return a;
+}
+
+namespace {
+uint32_t Crc32(const uint8_t* data, uint64_t size) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (uint64_t done = 0; done < size;) {
+    const uInt chunk = static_cast<uInt>(std::min<uint64_t>(size - done, 1u << 30));
+    crc = crc32(crc, data + done, chunk);
+    done += chunk;
+  }
+  return static_cast<uint32_t>(crc);
+}
+}  // namespace
+
+void VerifyLibrary(const Artifact& artifact) {
+  const std::string& path = artifact.library_path;
+  MappedFile library(path, "artifact library");
+  if (artifact.library_crc32 && Crc32(library.data(), library.size()) != *artifact.library_crc32) {
+    Fail("artifact library ", path, " is corrupt: its CRC-32 does not match the metadata");
+  }
+  // Without a recorded CRC, at least make sure the file holds every segment it declares.
+  const uint8_t* data = library.data();
+  const size_t size = library.size();
+  Elf64_Ehdr header;
+  if (size < sizeof header || std::memcmp(data, ELFMAG, SELFMAG) != 0) {
+    Fail("artifact library ", path, " is not a shared library");
+  }
+  std::memcpy(&header, data, sizeof header);
+  if (header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_type != ET_DYN) {
+    Fail("artifact library ", path, " is not a 64-bit shared library");
+  }
+#if defined(__x86_64__)
+  const int machine = EM_X86_64;
+#elif defined(__aarch64__)
+  const int machine = EM_AARCH64;
+#else
+  const int machine = header.e_machine;
+#endif
+  if (header.e_machine != machine) {
+    Fail("artifact library ", path, " was built for another processor (ELF machine ",
+         header.e_machine, "); export the model on or for this machine");
+  }
+  const uint64_t table_end =
+      header.e_phoff + static_cast<uint64_t>(header.e_phnum) * sizeof(Elf64_Phdr);
+  if (header.e_phentsize != sizeof(Elf64_Phdr) || table_end > size) {
+    Fail("artifact library ", path, " is truncated or corrupt");
+  }
+  for (int i = 0; i < header.e_phnum; ++i) {
+    Elf64_Phdr segment;
+    std::memcpy(&segment, data + header.e_phoff + i * sizeof segment, sizeof segment);
+    if (segment.p_type == PT_LOAD && segment.p_offset + segment.p_filesz > size) {
+      Fail("artifact library ", path, " is truncated or corrupt");
+    }
+  }
+}
+
+void VerifyWeights(const Artifact& artifact, const MappedFile& weights) {
+  if (weights.size() != artifact.weights_nbytes) {
+    Fail("artifact weights ", artifact.weights_path, " have ", weights.size(),
+         " bytes; the metadata lists ", artifact.weights_nbytes,
+         " (truncated or from another export)");
+  }
+  if (!artifact.weights_crc32) return;
+  if (Crc32(weights.data(), weights.size()) != *artifact.weights_crc32) {
+    Fail("artifact weights ", artifact.weights_path,
+         " are corrupt: their CRC-32 does not match the metadata");
+  }
+}
+
+}  // namespace pe

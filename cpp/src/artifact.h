@@ -1,0 +1,61 @@
+// The directory `pe-port export` writes: model.so, weights.bin and metadata.json.
+#ifndef PE_INFER_ARTIFACT_H_
+#define PE_INFER_ARTIFACT_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "models.h"
+#include "util.h"
+
+namespace pe {
+
+// The metadata layout this program reads (pe_port.api.EXPORT_FORMAT_VERSION).
+constexpr int64_t kFormatVersion = 1;
+
+struct ParamEntry {
+  std::string name;
+  std::vector<int64_t> shape;
+  uint64_t offset = 0;
+  uint64_t nbytes = 0;
+};
+
+struct Artifact {
+  std::string dir;
+  std::string library_path, weights_path, metadata_path;
+  std::string model;
+  ModelConfig config;
+  std::string dtype;        // float32, float16 or bfloat16
+  int dtype_bytes = 4;
+  std::string target_kind;  // llvm (CPU) or cuda
+  std::string tvm_version;  // of the exporting TVM, when recorded
+  std::vector<std::string> functions;
+  int image_size = 0;       // pre-processing
+  float mean[3] = {0, 0, 0};
+  float std[3] = {1, 1, 1};
+  std::vector<ParamEntry> params;
+  uint64_t weights_nbytes = 0;
+  std::optional<uint32_t> weights_crc32;
+  std::optional<uint32_t> library_crc32;
+
+  bool HasFunction(const std::string& name) const;
+  std::string FunctionList() const;  // "forward, forward_features"
+};
+
+// Reads and checks metadata.json and that the library and weights files exist. Any problem
+// (missing file, bad JSON, other format version, unknown model, config not the model's,
+// inconsistent parameter table) is a UserError that says what is wrong.
+Artifact LoadArtifact(const std::string& dir);
+
+// Checks the weights file against the metadata: its size, then its CRC-32 when recorded.
+void VerifyWeights(const Artifact& artifact, const MappedFile& weights);
+
+// Checks model.so before it is loaded (loading a damaged library can crash the process): its
+// CRC-32 when recorded, and that it is a whole ELF shared library of this machine's kind.
+void VerifyLibrary(const Artifact& artifact);
+
+}  // namespace pe
+
+#endif  // PE_INFER_ARTIFACT_H_

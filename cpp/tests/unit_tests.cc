@@ -1,0 +1,202 @@
+// Unit tests of pe_infer's pieces that need no artifact: number formats, .npy files, function
+// names, the resize, decoder errors. Run by ctest; argv[1] is a scratch folder.
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "image.h"
+#include "models.h"
+#include "npy.h"
+#include "util.h"
+
+namespace {
+
+int failures = 0;
+
+#define CHECK(cond)                                                               \
+  do {                                                                            \
+    if (!(cond)) {                                                                \
+      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                                 \
+    }                                                                             \
+  } while (0)
+
+bool Throws(const std::function<void()>& fn, const std::string& needle) {
+  try {
+    fn();
+  } catch (const pe::UserError& err) {
+    if (std::string(err.what()).find(needle) != std::string::npos) return true;
+    std::fprintf(stderr, "unexpected message: %s\n", err.what());
+    return false;
+  }
+  return false;
+}
+
+void TestHalf() {
+  CHECK(pe::FloatToHalf(1.0f) == 0x3c00);
+  CHECK(pe::FloatToHalf(-2.0f) == 0xc000);
+  CHECK(pe::FloatToHalf(65504.0f) == 0x7bff);
+  CHECK(pe::FloatToHalf(65519.0f) == 0x7bff);   // below the halfway point to 65536
+  CHECK(pe::FloatToHalf(65520.0f) == 0x7c00);   // ties to even: overflows to inf
+  CHECK(pe::FloatToHalf(std::ldexp(1.0f, -24)) == 0x0001);
+  CHECK(pe::FloatToHalf(std::ldexp(1.0f, -25)) == 0x0000);  // tie, to even (zero)
+  CHECK(pe::FloatToHalf(std::ldexp(3.0f, -26)) == 0x0001);
+  CHECK(pe::FloatToHalf(std::ldexp(3.0f, -25)) == 0x0002);  // 1.5 units: tie, to even (2)
+  CHECK(pe::FloatToHalf(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);  // tie, to even
+  CHECK(pe::FloatToHalf(1.0f + std::ldexp(3.0f, -11)) == 0x3c02);  // tie, to even
+  CHECK(pe::FloatToHalf(1e-10f) == 0);
+  CHECK(std::isnan(pe::HalfToFloat(pe::FloatToHalf(NAN))));
+  // Every finite half survives half -> float -> half.
+  int bad = 0;
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00) continue;
+    if (pe::FloatToHalf(pe::HalfToFloat(static_cast<uint16_t>(h))) != h) ++bad;
+  }
+  CHECK(bad == 0);
+  CHECK(pe::HalfToFloat(0x0001) == std::ldexp(1.0f, -24));
+
+  CHECK(pe::FloatToBfloat16(1.0f) == 0x3f80);
+  CHECK(pe::FloatToBfloat16(1.0f + std::ldexp(1.0f, -8)) == 0x3f80);          // tie, to even
+  CHECK(pe::FloatToBfloat16(1.0f + std::ldexp(3.0f, -8)) == 0x3f82);          // tie, to even
+  CHECK(pe::FloatToBfloat16(1.0f + std::ldexp(1.0f, -8) + std::ldexp(1.0f, -20)) == 0x3f81);
+  CHECK(pe::Bfloat16ToFloat(0x4049) == 3.140625f);
+}
+
+void TestNpy(const std::string& dir) {
+  const std::string path = dir + "/a.npy";
+  std::vector<float> values(2 * 3 * 4);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = 0.5f * i - 3;
+  pe::WriteFileAtomically(path, pe::EncodeNpyFloat32({2, 3, 4}, values.data()));
+  pe::FloatArray back = pe::ReadNpyFloat32(path);
+  CHECK((back.shape == std::vector<int64_t>{2, 3, 4}));
+  CHECK(back.data == values);
+  std::vector<uint8_t> bytes = pe::ReadFile(path, "test");
+  CHECK((10 + bytes[8] + 256 * bytes[9]) % 64 == 0);  // data aligned as NumPy aligns it
+
+  // A Fortran-order file: element (i, j) of a 2x3 array at i + 2 j.
+  std::string header = "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }";
+  header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
+  header += '\n';
+  std::vector<uint8_t> f = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+                            static_cast<uint8_t>(header.size() & 0xff),
+                            static_cast<uint8_t>(header.size() >> 8)};
+  f.insert(f.end(), header.begin(), header.end());
+  const float column_major[6] = {0, 3, 1, 4, 2, 5};  // the C-order array is 0..5
+  const uint8_t* raw = reinterpret_cast<const uint8_t*>(column_major);
+  f.insert(f.end(), raw, raw + sizeof column_major);
+  pe::WriteFileAtomically(dir + "/f.npy", f);
+  pe::FloatArray fortran = pe::ReadNpyFloat32(dir + "/f.npy");
+  CHECK((fortran.data == std::vector<float>{0, 1, 2, 3, 4, 5}));
+
+  // Wrong dtype, truncation, not .npy, missing.
+  std::vector<uint8_t> f8 = bytes;
+  const std::string f4 = "'<f4'";
+  auto at = std::search(f8.begin(), f8.end(), f4.begin(), f4.end());
+  at[3] = '8';
+  pe::WriteFileAtomically(dir + "/f8.npy", f8);
+  CHECK(Throws([&] { pe::ReadNpyFloat32(dir + "/f8.npy"); }, "has dtype float64"));
+  std::vector<uint8_t> cut(bytes.begin(), bytes.end() - 4);
+  pe::WriteFileAtomically(dir + "/cut.npy", cut);
+  CHECK(Throws([&] { pe::ReadNpyFloat32(dir + "/cut.npy"); }, "is truncated"));
+  pe::WriteFileAtomically(dir + "/text.npy", std::vector<uint8_t>{'h', 'e', 'l', 'l', 'o'});
+  CHECK(Throws([&] { pe::ReadNpyFloat32(dir + "/text.npy"); }, "not a .npy file"));
+  CHECK(Throws([&] { pe::ReadNpyFloat32(dir + "/none.npy"); }, "does not exist"));
+}
+
+void TestOutputChecks(const std::string& dir) {
+  CHECK(Throws([&] { pe::CheckOutputPath(dir + "/out.txt", ".npy"); }, "must be a file name"));
+  CHECK(Throws([&] { pe::CheckOutputPath(dir + "/nowhere/out.npy", ".npy"); },
+               "does not exist"));
+  mkdir((dir + "/x.npy").c_str(), 0755);
+  CHECK(Throws([&] { pe::CheckOutputPath(dir + "/x.npy", ".npy"); }, "is a folder"));
+  pe::CheckOutputPath(dir + "/fine.npy", ".npy");
+}
+
+void TestFunctionNames() {
+  CHECK(pe::FeaturesFunctionName(false, -1, false, 12) == "forward_features");
+  CHECK(pe::FeaturesFunctionName(false, 11, false, 12) == "forward_features");
+  CHECK(pe::FeaturesFunctionName(true, -1, false, 12) == "forward_features_norm1_layer11_strip0");
+  CHECK(pe::FeaturesFunctionName(true, -2, true, 12) == "forward_features_norm1_layer10_strip1");
+  CHECK(pe::FeaturesFunctionName(false, -12, false, 12) == "forward_features_norm0_layer0_strip0");
+  CHECK(pe::FeaturesFunctionName(false, 3, true, 12) == "forward_features_norm0_layer3_strip1");
+  CHECK(pe::FindOfficialModel("PE-Core-T16-384")->width == 192);
+  CHECK(pe::FindOfficialModel("PE-Core-T16") == nullptr);
+}
+
+pe::Image Grey(int w, int h, std::vector<uint8_t> px) {
+  pe::Image image;
+  image.width = w;
+  image.height = h;
+  image.channels = 1;
+  image.pixels = std::move(px);
+  return image;
+}
+
+void TestResize() {
+  // 4 -> 2 columns: the triangle is widened to 2 pixels each side; weights 3/7, 3/7, 1/7.
+  pe::Image row = Grey(4, 1, {0, 70, 140, 210});
+  pe::Image half = pe::ResizeLikePillow(row, 2, 1);
+  CHECK((half.pixels == std::vector<uint8_t>{50, 160}));
+  // Upscaling interpolates between neighbours (plain bilinear, clamped at the edges).
+  pe::Image up = pe::ResizeLikePillow(Grey(2, 1, {0, 100}), 4, 1);
+  CHECK((up.pixels == std::vector<uint8_t>{0, 25, 75, 100}));
+  // A constant image stays constant, whatever the sizes.
+  pe::Image flat = Grey(37, 23, std::vector<uint8_t>(37 * 23, 173));
+  for (auto [w, h] : std::vector<std::pair<int, int>>{{5, 7}, {64, 64}, {37, 1}, {100, 3}}) {
+    pe::Image out = pe::ResizeLikePillow(flat, w, h);
+    CHECK(out.width == w && out.height == h);
+    CHECK(out.pixels == std::vector<uint8_t>(static_cast<size_t>(w) * h, 173));
+  }
+  // The same size is a copy; nearest picks pixels.
+  CHECK(pe::ResizeLikePillow(row, 4, 1).pixels == row.pixels);
+  row.nearest = true;
+  CHECK((pe::ResizeLikePillow(row, 2, 1).pixels == std::vector<uint8_t>{70, 210}));
+  // Centre crop: 30x20 -> shorter side 10 -> 15x10 -> columns 2 or 3 onward (round half even).
+  pe::Image wide = Grey(30, 20, std::vector<uint8_t>(600, 9));
+  pe::Image cropped = pe::ResizeForModel(wide, 10, true);
+  CHECK(cropped.width == 10 && cropped.height == 10);
+  // Normalisation: 0 -> -1, 255 -> 1.
+  float tensor[3 * 2];
+  const float mean[3] = {0.5f, 0.5f, 0.5f}, std[3] = {0.5f, 0.5f, 0.5f};
+  pe::ToTensor(Grey(2, 1, {0, 255}), mean, std, tensor);
+  CHECK(tensor[0] == -1.0f && tensor[1] == 1.0f && tensor[4] == -1.0f && tensor[5] == 1.0f);
+}
+
+void TestDecodeErrors() {
+  CHECK(Throws([] { pe::DecodeImageBytes({'G', 'I', 'F', '8', '9', 'a'}, "x.gif"); },
+               "not a PNG or JPEG"));
+  const std::vector<uint8_t> png_head = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0};
+  CHECK(Throws([&] { pe::DecodeImageBytes(png_head, "bad.png"); }, "cannot read image bad.png"));
+  const std::vector<uint8_t> jpeg_head = {0xff, 0xd8, 0xff, 0xe0, 0, 16, 'J', 'F'};
+  CHECK(Throws([&] { pe::DecodeImageBytes(jpeg_head, "bad.jpg"); }, "cannot read image bad.jpg"));
+  CHECK(Throws([] { pe::DecodeImage("/nonexistent/image.png"); }, "does not exist"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string dir = argc > 1 ? argv[1] : "unit_test_files";
+  mkdir(dir.c_str(), 0755);
+  try {
+    TestHalf();
+    TestNpy(dir);
+    TestOutputChecks(dir);
+    TestFunctionNames();
+    TestResize();
+    TestDecodeErrors();
+  } catch (const std::exception& err) {
+    std::fprintf(stderr, "unexpected exception: %s\n", err.what());
+    return 1;
+  }
+  if (failures) {
+    std::fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  std::printf("all unit checks passed\n");
+  return 0;
+}
