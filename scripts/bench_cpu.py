@@ -11,6 +11,7 @@ faster), TVM's GFLOP/s and its share of the fp32 matmul ceiling measured in the 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -33,7 +34,7 @@ def main() -> int:
     parser.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=RUNNERS)
     args = parser.parse_args()
 
-    ceiling = measure_in_subprocess(["ceiling"]).get("gflops", float("nan"))
+    ceiling = measure_in_subprocess(["ceiling"])
     rows = []
     for model in args.models:
         for batch in args.batches:
@@ -52,9 +53,12 @@ def main() -> int:
     return 0
 
 
-def print_table(rows, ceiling: float, runners: list[str]) -> None:
-    print(f"machine: {platform.processor() or platform.machine()}, fp32 matmul ceiling "
-          f"{ceiling:.0f} GFLOP/s (PyTorch 2048^3)")
+def print_table(rows, ceiling: dict, runners: list[str]) -> None:
+    each = ", ".join(f"{name} {value:.0f}" for name, value in ceiling.get("each", {}).items())
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"fp32 matmul ceiling {ceiling.get('gflops', float('nan')):.0f} GFLOP/s "
+          f"(best 2048^3 matmul of: {each or ceiling.get('skipped', '?')})")
+    ceiling = ceiling.get("gflops", float("nan"))
     header = ["model", "batch"] + [f"{r} ms" for r in runners] + ["best peer / TVM", "GFLOP/s",
                                                                    "% ceiling"]
     print("| " + " | ".join(header) + " |")

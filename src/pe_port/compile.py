@@ -21,6 +21,7 @@ from tvm.target import codegen
 from pe_port import ops
 from pe_port.config import PEConfig
 from pe_port.errors import UserError
+from pe_port.kernels.cpu_schedule import schedule_for_cpu
 from pe_port.model import VisionTransformer
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -137,10 +138,11 @@ def _export(
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
-    """Compile a Relax module: TVM's default pipeline on CPU, dlight GPU schedules on CUDA."""
+    """Compile a Relax module: TVM's pipelines, with our schedules for the kernels they leave
+    unscheduled (`schedule_for_cpu` on CPU, dlight rules with fallbacks on CUDA)."""
     if is_gpu(target):
         return tvm.compile(mod, target, relax_pipeline=_gpu_pipeline(target))
-    return tvm.compile(mod, target)
+    return tvm.compile(mod, target, relax_pipeline=_cpu_pipeline(target))
 
 
 def cache_dir() -> Path:
@@ -154,12 +156,13 @@ def cached_build(mod: tvm.IRModule, target: tvm.target.Target,
     """`build`, but a library compiled before for the same module and target is reused.
 
     The key covers the module's structure (hence config, dtype and exported functions), the
-    target, and the TVM and pe-port versions, so any change among them compiles afresh.
+    target, the TVM and pe-port versions and the source of the build pipeline (schedules live
+    there, outside the module), so any change among them compiles afresh.
     """
     from pe_port import __version__
 
     key_text = json.dumps([tvm_ffi.structural_hash(mod), str(target), tvm.__version__,
-                           __version__])
+                           __version__, _pipeline_fingerprint()])
     key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
     path = cache_dir() / f"{key}.so"
     if path.is_file():
@@ -173,6 +176,31 @@ def cached_build(mod: tvm.IRModule, target: tvm.target.Target,
         executable.export_library(str(staged))
         os.replace(staged, path)  # atomic: a reader never sees half a library
     return executable
+
+
+@functools.cache
+def _pipeline_fingerprint() -> str:
+    """A hash of this file and the kernels' source: what turns a module into a library."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in [Path(__file__), *sorted((here / "kernels").glob("*.py"))]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CPU pipeline with `schedule_for_cpu` after legalization and fusion."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            passes = (cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+                      + [schedule_for_cpu(target)]
+                      + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
 
 
 def _gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:

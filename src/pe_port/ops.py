@@ -80,10 +80,8 @@ def patch_embed(x: nn.Tensor, weight: nn.Tensor, patch: int) -> nn.Tensor:
     if not _fast_cpu(x):
         patches = op.conv2d(x, weight, stride=patch)  # [b, width, gh, gw]
         return op.permute_dims(op.reshape(patches, (batch, width, grid_h * grid_w)), [0, 2, 1])
-    # As a matmul: cut the image into patches (c, ky, kx order, as the conv weight is laid out).
-    tiles = op.reshape(x, (batch, channels, grid_h, patch, grid_w, patch))
-    tiles = op.permute_dims(tiles, [0, 2, 4, 1, 3, 5])
-    tiles = op.reshape(tiles, (batch, grid_h * grid_w, channels * patch * patch))
+    # As a matmul over patches (c, ky, kx order, as the conv weight is laid out).
+    tiles = cpu.image_patches(x, patch)
     flat_weight = op.reshape(weight, (width, channels * patch * patch))
     no_bias = op.zeros((width,), "float32")
     return cpu.dense(tiles, flat_weight, no_bias)

@@ -11,6 +11,9 @@ from tvm import relax
 from pe_port.compile import build, export_tower, features_function_name, is_gpu
 from pe_port.config import PEConfig
 from pe_port.errors import UserError
+from pe_port.threads import configure_tvm_threads
+
+configure_tvm_threads()  # before the first kernel: TVM sizes its pool only once
 
 
 class InputError(UserError):

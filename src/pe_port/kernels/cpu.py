@@ -61,15 +61,18 @@ def _erf(x):
 
 
 def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | None):
-    """`out[m, n] = epilogue(x[m, k] @ w[n, k]^T + bias[n])` on packed `w [n/cols, k, cols]`.
+    """`out[b, s, n] = epilogue(x[b, s, k] @ w[n, k]^T + bias[n])` on packed `w [n/cols, k, cols]`.
 
     `activation`: None or "gelu". `residual`: None, "add" (`out = res + y`) or "scaled_add"
-    (`out = res + gamma * y`, LayerScale fused into the residual branch).
+    (`out = res + gamma * y`, LayerScale fused into the residual branch). The kernel walks the
+    `batch x seq` rows as one axis but takes and returns `[batch, seq, ...]` tensors: reshaping
+    around it would cost a copy each time, since TVM cannot prove that a reshape of symbolic
+    shapes is free.
     """
     rows, cols = dense_tile(n)
     col_tiles = n // cols
 
-    def finish(y, bias, res, gamma, m, c):
+    def finish(y, bias, res, gamma, b, s, c):
         """The epilogue, built at parse time from the buffers a signature has."""
         y = y + bias[c]
         if activation == "gelu":
@@ -77,12 +80,18 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
         if gamma is not None:
             y = gamma[c] * y
         if res is not None:
-            y = res[m, c] + y
+            y = res[b, s, c] + y
         return y
 
     @T.macro
-    def dense_body(x, w, bias, res, gamma, out, m_total):
-        for tile in T.parallel((m_total + rows - 1) // rows * col_tiles):
+    def dense_body(x, w, bias, res, gamma, out, batch, seq):
+        m_total = batch * seq
+        row_tiles = (m_total + rows - 1) // rows
+        # Column-tile major: the tasks a thread runs in a row share one weight panel
+        # `[k, cols]`, which stays in L2 while the thread walks down the rows of x.
+        for tile in T.parallel(col_tiles * row_tiles):
+            col_tile = tile // row_tiles
+            row0 = tile % row_tiles * rows
             acc = T.alloc_buffer((rows, cols), "float32", scope="local")
             for i in T.unroll(rows):
                 for j in T.vectorized(cols):
@@ -91,50 +100,55 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
                 for i in T.unroll(rows):
                     for j in T.vectorized(cols):
                         acc[i, j] = acc[i, j] + x[
-                            T.min(tile // col_tiles * rows + i, m_total - 1), kk
-                        ] * w[tile % col_tiles, kk, j]
+                            T.min(row0 + i, m_total - 1) // seq,
+                            T.min(row0 + i, m_total - 1) % seq,
+                            kk,
+                        ] * w[col_tile, kk, j]
             for i in T.unroll(rows):
-                if tile // col_tiles * rows + i < m_total:
+                if row0 + i < m_total:
                     for j in T.vectorized(cols):
-                        out[tile // col_tiles * rows + i, tile % col_tiles * cols + j] = finish(
-                            acc[i, j], bias, res, gamma, tile // col_tiles * rows + i,
-                            tile % col_tiles * cols + j)
+                        out[(row0 + i) // seq, (row0 + i) % seq, col_tile * cols + j] = finish(
+                            acc[i, j], bias, res, gamma, (row0 + i) // seq, (row0 + i) % seq,
+                            col_tile * cols + j)
 
     # One signature per epilogue: the buffers each one reads, nothing more.
     @T.prim_func(private=True)
     def dense_plain(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_out: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.noalias": True})
-        m_total = T.int64()
-        x = T.match_buffer(var_x, (m_total, k), "float32")
+        batch = T.int64()
+        seq = T.int64()
+        x = T.match_buffer(var_x, (batch, seq, k), "float32")
         w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
         bias = T.match_buffer(var_bias, (n,), "float32")
-        out = T.match_buffer(var_out, (m_total, n), "float32")
-        dense_body(x, w, bias, None, None, out, m_total)
+        out = T.match_buffer(var_out, (batch, seq, n), "float32")
+        dense_body(x, w, bias, None, None, out, batch, seq)
 
     @T.prim_func(private=True)
     def dense_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_res: T.handle,
                   var_out: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.noalias": True})
-        m_total = T.int64()
-        x = T.match_buffer(var_x, (m_total, k), "float32")
+        batch = T.int64()
+        seq = T.int64()
+        x = T.match_buffer(var_x, (batch, seq, k), "float32")
         w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
         bias = T.match_buffer(var_bias, (n,), "float32")
-        res = T.match_buffer(var_res, (m_total, n), "float32")
-        out = T.match_buffer(var_out, (m_total, n), "float32")
-        dense_body(x, w, bias, res, None, out, m_total)
+        res = T.match_buffer(var_res, (batch, seq, n), "float32")
+        out = T.match_buffer(var_out, (batch, seq, n), "float32")
+        dense_body(x, w, bias, res, None, out, batch, seq)
 
     @T.prim_func(private=True)
     def dense_scaled_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle,
                          var_res: T.handle, var_gamma: T.handle, var_out: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.noalias": True})
-        m_total = T.int64()
-        x = T.match_buffer(var_x, (m_total, k), "float32")
+        batch = T.int64()
+        seq = T.int64()
+        x = T.match_buffer(var_x, (batch, seq, k), "float32")
         w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
         bias = T.match_buffer(var_bias, (n,), "float32")
-        res = T.match_buffer(var_res, (m_total, n), "float32")
+        res = T.match_buffer(var_res, (batch, seq, n), "float32")
         gamma = T.match_buffer(var_gamma, (n,), "float32")
-        out = T.match_buffer(var_out, (m_total, n), "float32")
-        dense_body(x, w, bias, res, gamma, out, m_total)
+        out = T.match_buffer(var_out, (batch, seq, n), "float32")
+        dense_body(x, w, bias, res, gamma, out, batch, seq)
 
     return {None: dense_plain, "add": dense_add, "scaled_add": dense_scaled_add}[residual]
 
@@ -149,25 +163,60 @@ def dense(
 ) -> nn.Tensor:
     """`x @ weight.T + bias`, then GELU or a (LayerScale-scaled) residual add, in one kernel.
 
-    `x` is `[..., k]`; leading axes are flattened into the symbolic row count. Unused epilogue
+    `x` is `[batch, seq, k]` (a `[batch, k]` input is taken as one token per image).
     `gamma` is only used with `residual`.
     """
-    *lead, k = x.shape
+    flat = x.ndim == 2
+    if flat:
+        x = op.unsqueeze(x, 1)
+        residual = None if residual is None else op.unsqueeze(residual, 1)
+    batch, seq, k = x.shape
     n = int(weight.shape[0])
-    rows = 1
-    for d in lead:
-        rows = rows * d
-    flat = op.reshape(x, (rows, k))
     mode = None if residual is None else ("add" if gamma is None else "scaled_add")
     kernel = make_dense_kernel(int(k), n, activation, mode)
-    args = [flat, pack_weight(weight), bias]
+    args = [x, pack_weight(weight), bias]
     if residual is not None:
-        args.append(op.reshape(residual, (rows, n)))
+        args.append(residual)
     if gamma is not None:
         args.append(gamma)
     out = op.tensor_ir_op(kernel, "dense", args=args,
-                          out=nn.Tensor.placeholder((rows, n), "float32"))
-    return op.reshape(out, (*lead, n))
+                          out=nn.Tensor.placeholder((batch, seq, n), "float32"))
+    return op.squeeze(out, 1) if flat else out
+
+
+def image_patches(x: nn.Tensor, patch: int) -> nn.Tensor:
+    """`[b, c, h, w]` pixels to `[b, (h / p) (w / p), c p p]` rows, one per patch, each in the
+    `(c, ky, kx)` order of the conv weight: the patch embedding becomes a `dense`.
+
+    Written as a kernel because the same gather as reshape/permute/reshape legalizes to loops
+    whose every index is a chain of 64-bit divisions by symbolic sizes (20 ms at batch 8, 384px).
+    """
+    batch, channels, height, width = x.shape
+    channels = int(channels)
+
+    # Blocks, not loops: `schedule_for_cpu` parallelises it (and TVM's reshape detection,
+    # which inspects every one-in one-out kernel of equal size, needs blocks to read).
+    @T.prim_func(private=True, s_tir=True)
+    def patches(var_x: T.handle, var_out: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
+        n_batch = T.int64()
+        height = T.int64()
+        width = T.int64()
+        pixels = T.match_buffer(var_x, (n_batch, channels, height, width), "float32")
+        out = T.match_buffer(
+            var_out, (n_batch, height // patch * (width // patch), channels * patch * patch),
+            "float32")
+        for b, gy, gx, c, ky, kx in T.grid(n_batch, height // patch, width // patch, channels,
+                                           patch, patch):
+            with T.sblock("image_patches"):
+                vb, vy, vx, vc, vky, vkx = T.axis.remap("SSSSSS", [b, gy, gx, c, ky, kx])
+                out[vb, vy * (width // patch) + vx, (vc * patch + vky) * patch + vkx] = pixels[
+                    vb, vc, vy * patch + vky, vx * patch + vkx]
+
+    tokens = (height // patch) * (width // patch)
+    return op.tensor_ir_op(
+        patches, "image_patches", args=[x],
+        out=nn.Tensor.placeholder((batch, tokens, channels * patch * patch), "float32"))
 
 
 def _exp_nonpositive(x):

@@ -1,0 +1,44 @@
+"""How many threads TVM's CPU pool starts: one per physical core this process may run on.
+
+TVM sizes its pool once, on the first parallel kernel, from `TVM_NUM_THREADS` (or
+`OMP_NUM_THREADS`), else from half of `std::thread::hardware_concurrency()`: it assumes two SMT
+siblings per core. On a machine without SMT (the 2-core CI machines, most cloud vCPU slices of
+AMD EPYC) that halves the pool and leaves a core idle. The matmul and attention kernels keep the
+FMA units busy, so SMT siblings would only share them: one thread per physical core is right.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+THREAD_VARIABLES = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def physical_cores(cpus: set[int] | None = None) -> int:
+    """Physical cores among `cpus` (default: the CPUs this process may run on)."""
+    cpus = cpus if cpus is not None else os.sched_getaffinity(0)
+    cores = set()
+    for cpu in cpus:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:  # no sysfs (containers without it, other OSes): count the CPU itself
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def default_thread_count() -> int:
+    """TVM's pool size, as set now: the user's variable, else one per physical core."""
+    for variable in THREAD_VARIABLES:
+        value = os.environ.get(variable, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return physical_cores()
+
+
+def configure_tvm_threads() -> int:
+    """Size TVM's pool by physical cores unless the user chose. Call before TVM runs a kernel."""
+    threads = default_thread_count()
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    return threads
