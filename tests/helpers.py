@@ -36,19 +36,19 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
     """Compile one Relax nn module's `forward` as users get it on this CPU.
 
     The graph is built with the `backend` kernels (the hand-written CPU ones by default) and the
-    weight packing lifted into `transform_params`, exactly as `pe_port.compile.export_tower`
-    does. Returns `run(weights, *args)`: weights by the module's own parameter names, tensors as
-    numpy arrays and symbolic ints as Python ints.
+    weight packing lifted into `forward_transform_params`, exactly as
+    `pe_port.compile.export_tower` does. Returns `run(weights, *args)`: weights by the module's
+    own parameter names, tensors as numpy arrays and symbolic ints as Python ints.
     """
     import tvm
     from tvm import relax
 
     from pe_port import ops
-    from pe_port.compile import build, cpu_target
+    from pe_port.compile import build, cpu_target, lift_weight_transforms
 
     with ops.kernel_backend(backend):
         mod, params = module.export_tvm({"forward": inputs})
-    mod = relax.transform.LiftTransformParams(shared_transform=True)(mod)
+    mod = lift_weight_transforms(mod)
     vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
     names = [name for name, _ in params]
 
@@ -58,7 +58,7 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
         return tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32))
 
     def run(weights: dict[str, np.ndarray], *args):
-        packed = list(vm["transform_params"]([to_tvm(weights[n]) for n in names]))
+        packed = list(vm["forward_transform_params"]([to_tvm(weights[n]) for n in names]))
         out = vm["forward"](*[to_tvm(a) for a in args], *packed)
         if isinstance(out, tvm.runtime.Tensor):
             return out.numpy()

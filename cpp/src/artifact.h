@@ -13,7 +13,7 @@
 namespace pe {
 
 // The metadata layout this program reads (pe_port.api.EXPORT_FORMAT_VERSION).
-constexpr int64_t kFormatVersion = 1;
+constexpr int64_t kFormatVersion = 2;  // 2: one weight transform per function
 
 struct ParamEntry {
   std::string name;

@@ -80,17 +80,24 @@ Runner::Runner(const Artifact& artifact, DLDeviceType device)
   }
   vm_ = vm;
 
-  tvm::ffi::Array<Tensor> params;
   for (const ParamEntry& p : artifact.params) {
-    params.push_back(Upload(weights.data() + p.offset, p.shape, dtype_));
+    params_.push_back(Upload(weights.data() + p.offset, p.shape, dtype_));
   }
-  auto transform = vm->GetFunction("transform_params");
+}
+
+const std::vector<Any>& Runner::WeightsFor(const std::string& function) {
+  auto cached = weights_.find(function);
+  if (cached != weights_.end()) return cached->second;
+  // Each exported function has its own one-off weight transform (packing for the CPU kernels).
+  std::vector<Any>& weights = weights_[function];
+  auto transform = vm_.value()->GetFunction(function + "_transform_params");
   if (transform) {
-    Any packed = (*transform)(params);
-    for (const Any& item : packed.cast<tvm::ffi::Array<Any>>()) weights_.push_back(item);
+    Any packed = (*transform)(params_);
+    for (const Any& item : packed.cast<tvm::ffi::Array<Any>>()) weights.push_back(item);
   } else {
-    for (const Tensor& param : params) weights_.push_back(param);
+    for (const Tensor& param : params_) weights.push_back(param);
   }
+  return weights;
 }
 
 bool Runner::HasFunction(const std::string& name) {
@@ -115,10 +122,11 @@ FloatArray Runner::Run(const std::string& function, const FloatArray& pixels) {
   Module vm = vm_.value();
   auto fn = vm->GetFunction(function);
   if (!fn) Fail("library ", artifact_.library_path, " has no function ", function);
+  const std::vector<Any>& weights = WeightsFor(function);
   const int64_t arity = vm->GetFunction("get_function_arity").value()(function).cast<int64_t>();
-  if (arity != static_cast<int64_t>(weights_.size()) + 1) {
+  if (arity != static_cast<int64_t>(weights.size()) + 1) {
     Fail("library ", artifact_.library_path, " function ", function, " takes ", arity,
-         " arguments, but the artifact has ", weights_.size(), " weights (+1 image)");
+         " arguments, but the artifact has ", weights.size(), " weights (+1 image)");
   }
 
   // The input in the model's dtype.
@@ -135,9 +143,9 @@ FloatArray Runner::Run(const std::string& function, const FloatArray& pixels) {
   }
 
   std::vector<AnyView> args;
-  args.reserve(weights_.size() + 1);
+  args.reserve(weights.size() + 1);
   args.emplace_back(input);
-  for (const Any& w : weights_) args.emplace_back(w);
+  for (const Any& w : weights) args.emplace_back(w);
   Any result;
   fn.value().CallPacked(args.data(), static_cast<int32_t>(args.size()), &result);
   std::optional<Tensor> output = result.as<Tensor>();

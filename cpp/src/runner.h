@@ -4,9 +4,11 @@
 
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/any.h>
+#include <tvm/ffi/container/array.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -17,8 +19,8 @@ namespace pe {
 
 class Runner {
  public:
-  // Loads the library and the weights (checked against the metadata), runs the weights'
-  // one-off transform (packing for the CPU kernels) when the library has one.
+  // Loads the library and the weights (checked against the metadata). Each function's one-off
+  // weight transform (packing for the CPU kernels) runs on its first call.
   Runner(const Artifact& artifact, DLDeviceType device);
 
   // Whether the library itself has a function of this name.
@@ -29,13 +31,16 @@ class Runner {
   FloatArray Run(const std::string& function, const FloatArray& pixels);
 
  private:
+  // The weights as `function` takes them: its `<function>_transform_params` run once.
+  const std::vector<tvm::ffi::Any>& WeightsFor(const std::string& function);
   tvm::ffi::Tensor Upload(const void* data, const std::vector<int64_t>& shape, DLDataType dtype);
 
   const Artifact& artifact_;
   DLDevice device_;
   DLDataType dtype_;
   tvm::ffi::Optional<tvm::ffi::Module> vm_;
-  std::vector<tvm::ffi::Any> weights_;  // as the exported functions take them
+  tvm::ffi::Array<tvm::ffi::Tensor> params_;  // as stored in the artifact
+  std::map<std::string, std::vector<tvm::ffi::Any>> weights_;  // per function, transformed
 };
 
 // "cpu" or "cuda" for a TVM target kind ("llvm" -> cpu).

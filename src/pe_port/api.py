@@ -36,7 +36,7 @@ from pe_port.preprocess import MEAN, STD, preprocess
 from pe_port.runtime import CompiledTower, WeightError, to_numpy_dtype
 
 # Bumped whenever the layout of an exported directory changes; the C++ runner checks it.
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: one weight transform per function (`<name>_transform_params`)
 
 
 def stderr_progress(message: str) -> None:

@@ -88,6 +88,22 @@ def features_function_name(norm: bool, layer_idx: int, strip_cls_token: bool, la
     return f"forward_features_norm{int(norm)}_layer{stop_idx}_strip{int(strip_cls_token)}"
 
 
+def transform_function_name(function: str) -> str:
+    """The function that puts the weights in the layout `function` reads (run once, at load)."""
+    return f"{function}_transform_params"
+
+
+def lift_weight_transforms(mod: tvm.IRModule) -> tvm.IRModule:
+    """Move weight-only work (packing for the CPU matmuls, transposes) out of every function
+    into its own `transform_function_name(function)`, run once when the weights are loaded.
+
+    One transform per function, not one shared by all: a shared one holds only what every
+    function does to the weights, so the attention pool's packing (used by `forward`, not by
+    `forward_features`) stayed in `forward` and ran at every call (5 ms of 95 on B16).
+    """
+    return relax.transform.LiftTransformParams(shared_transform=False)(mod)
+
+
 def image_spec(dtype: str) -> nn.spec.Tensor:
     """Pixels `[batch, 3, height, width]`: batch and image size are symbolic."""
     return nn.spec.Tensor(["batch", 3, "height", "width"], dtype)
@@ -132,8 +148,7 @@ def _export(
     specs = [MethodSpec.from_raw({"x": image_spec(dtype)}, method) for method in methods.values()]
     with ops.kernel_backend(backend):
         mod, params = model.export_tvm(ModuleSpec(model, list(methods), specs))
-    # Weight-only work (packing for the CPU matmuls) moves into `transform_params`, run once.
-    mod = relax.transform.LiftTransformParams(shared_transform=True)(mod)
+    mod = lift_weight_transforms(mod)
     return mod, [(name, tuple(int(d) for d in param.shape)) for name, param in params]
 
 
@@ -189,14 +204,19 @@ def _pipeline_fingerprint() -> str:
 
 
 def _cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with `schedule_for_cpu` after legalization and fusion."""
+    """TVM's default build pipeline with `schedule_for_cpu` after legalization.
+
+    No operator fusion (`FuseOps`/`FuseTIR`): with it in the pipeline, LLVM compiled the very
+    same dense kernel 3x slower (its accumulators went to memory at every step), and the
+    kernels it would fuse here are small copies.
+    """
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
-            passes = (cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-                      + [schedule_for_cpu(target)]
+            passes = (cpu.library_dispatch_passes(target)
+                      + [relax.transform.LegalizeOps(), schedule_for_cpu(target)]
                       + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))
             return tvm.transform.Sequential(passes)(mod)
 

@@ -19,6 +19,18 @@ from pe_port.kernels import resize_posemb, rope_qkv
 LN_EPS = 1e-5
 
 
+class LayerNorm(nn.Module):
+    """PyTorch's `nn.LayerNorm` (elementwise affine) over the last axis, kernel from `ops`."""
+
+    def __init__(self, width: int, eps: float, dtype: str) -> None:
+        self.eps = eps
+        self.weight = nn.Parameter((width,), dtype)
+        self.bias = nn.Parameter((width,), dtype)
+
+    def forward(self, x: nn.Tensor) -> nn.Tensor:
+        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+
+
 class LayerScale(nn.Module):
     """`x * gamma`: a learned per-channel scale on a residual branch."""
 
@@ -79,7 +91,7 @@ class AttentionPooling(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dtype: str, mlp_ratio: int = 4) -> None:
         self.probe = nn.Parameter((1, 1, embed_dim), dtype)
         self.attn = MultiheadAttention(embed_dim, num_heads, dtype)
-        self.layernorm = nn.LayerNorm(embed_dim, eps=LN_EPS, dtype=dtype)
+        self.layernorm = LayerNorm(embed_dim, eps=LN_EPS, dtype=dtype)
         self.mlp = Mlp(embed_dim, embed_dim * mlp_ratio, dtype)
 
     def forward(self, x: nn.Tensor) -> nn.Tensor:
@@ -117,7 +129,7 @@ class SelfAttention(nn.Module):
         batch, seq, width = x.shape
         qkv = ops.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = self.split_heads(qkv, grid_w)
-        out = ops.self_attention(q, k, v, scale=self.head_dim**-0.5)
+        out = ops.attention(q, k, v, scale=self.head_dim**-0.5)
         return ops.linear(op.reshape(out, (batch, seq, width)), self.out_proj.weight,
                           self.out_proj.bias, residual=residual, gamma=gamma)
 
@@ -128,8 +140,8 @@ class ResidualAttentionBlock(nn.Module):
     def __init__(self, config: PEConfig, dtype: str) -> None:
         width = config.width
         self.attn = SelfAttention(config, dtype)
-        self.ln_1 = nn.LayerNorm(width, eps=LN_EPS, dtype=dtype)
-        self.ln_2 = nn.LayerNorm(width, eps=LN_EPS, dtype=dtype)
+        self.ln_1 = LayerNorm(width, eps=LN_EPS, dtype=dtype)
+        self.ln_2 = LayerNorm(width, eps=LN_EPS, dtype=dtype)
         self.mlp = Mlp(width, config.mlp_width, dtype)
         # Without LayerScale the original uses nn.Identity: no parameter, no multiply.
         self.ls_1 = LayerScale(width, dtype) if config.use_layer_scale else None
@@ -176,9 +188,9 @@ class VisionTransformer(nn.Module):
             self.class_embedding = nn.Parameter((width,), dtype)
         if config.use_abs_posemb:
             self.positional_embedding = nn.Parameter((config.num_pos, width), dtype)
-        self.ln_pre = nn.LayerNorm(width, eps=LN_EPS, dtype=dtype) if config.use_ln_pre else None
+        self.ln_pre = LayerNorm(width, eps=LN_EPS, dtype=dtype) if config.use_ln_pre else None
         self.transformer = Transformer(config, dtype)
-        self.ln_post = nn.LayerNorm(width, eps=LN_EPS, dtype=dtype) if config.use_ln_post else None
+        self.ln_post = LayerNorm(width, eps=LN_EPS, dtype=dtype) if config.use_ln_post else None
         if config.pool_type == "attn":
             self.attn_pool = AttentionPooling(width, config.attn_pooler_heads, dtype)
         if config.output_dim is not None:
@@ -245,6 +257,6 @@ class VisionTransformer(nn.Module):
     def forward(self, x: nn.Tensor, layer_idx: int = -1) -> nn.Tensor:
         pooled = self.pool(self.forward_features(x, norm=True, layer_idx=layer_idx))
         if self.config.output_dim is not None:
-            pooled = op.matmul(pooled, self.proj)
+            pooled = ops.project(pooled, self.proj)
         return pooled
 

@@ -57,15 +57,26 @@ def linear(
     return y if residual is None else residual + y
 
 
-def self_attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
-    """`attention` where queries, keys and values come from the same tokens."""
-    if _fast_cpu(q):
-        return cpu.attention(q, k, v, scale)
-    return attention(q, k, v, scale)
+def layer_norm(x: nn.Tensor, weight: nn.Tensor, bias: nn.Tensor, eps: float) -> nn.Tensor:
+    """LayerNorm over the last axis of `[batch, seq, width]`."""
+    if _fast_cpu(x) and x.ndim == 3 and cpu.layer_norm_fits(int(x.shape[-1])):
+        return cpu.layer_norm(x, weight, bias, eps)
+    return op.layer_norm(x, weight, bias, axes=-1, epsilon=eps)
+
+
+def project(x: nn.Tensor, proj: nn.Tensor) -> nn.Tensor:
+    """`x @ proj` for a `[in, out]` matrix (the tower's final projection, stored unlike Linear)."""
+    if _fast_cpu(x):
+        # Transposed and packed once, at load: the transform depends on the weight alone.
+        no_bias = op.zeros((int(proj.shape[1]),), "float32")
+        return cpu.dense(x, op.permute_dims(proj), no_bias)
+    return op.matmul(x, proj)
 
 
 def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
     """softmax(q k^T * scale) v over `[b, s, heads, head_dim]` inputs, returned `[b, s, h, d]`."""
+    if _fast_cpu(q):
+        return cpu.attention(q, k, v, scale)
     q, k, v = (op.permute_dims(t, [0, 2, 1, 3]) for t in (q, k, v))
     scores = op.matmul(q, op.permute_dims(k, [0, 1, 3, 2])) * scale
     out = op.matmul(op.softmax(scores, axis=-1), v)

@@ -8,7 +8,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from pe_port.compile import build, export_tower, features_function_name, is_gpu
+from pe_port.compile import (
+    build,
+    export_tower,
+    features_function_name,
+    is_gpu,
+    transform_function_name,
+)
 from pe_port.config import PEConfig
 from pe_port.errors import UserError
 from pe_port.threads import configure_tvm_threads
@@ -100,23 +106,31 @@ class CompiledTower:
                                self.device)
             for name, _ in self.param_specs
         ]
-        # Exported function name -> (its VM, the weights in the layout its kernels read).
-        self._loaded: dict[str, tuple[relax.VirtualMachine, list]] = {}
+        # Exported function name -> the VM that holds it, and the weights in the layout it
+        # reads (packed on first use; `forward` now, so its first call is not slower).
+        self._vms: dict[str, relax.VirtualMachine] = {}
+        self._weights: dict[str, list] = {}
         self._load(self.executable, ["forward", "forward_features"])
+        self._packed_weights("forward")
 
     def _load(self, executable: relax.VMExecutable, names: list[str]) -> None:
-        """Start a VM on `executable` and run its `transform_params` (weight packing) once."""
         vm = relax.VirtualMachine(executable, self.device)
-        weights = list(vm["transform_params"](self._params))
         for name in names:
-            self._loaded[name] = (vm, weights)
+            self._vms[name] = vm
+
+    def _packed_weights(self, name: str) -> list:
+        """The weights as function `name` takes them: its `<name>_transform_params` run once."""
+        if name not in self._weights:
+            transform = self._vms[name][transform_function_name(name)]
+            self._weights[name] = list(transform(self._params))
+        return self._weights[name]
 
     def _function(self, name: str, variant: tuple[bool, int, bool] | None):
-        if name not in self._loaded:
+        if name not in self._vms:
             mod, _ = export_tower(self.config, self.dtype, feature_variants=(variant,),
                                   target=self.target)
             self._load(self._compile(mod, self.target), [name])
-        vm, weights = self._loaded[name]
+        vm, weights = self._vms[name], self._packed_weights(name)
         return lambda x: vm[name](x, *weights)
 
     def params_numpy(self) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import pe_port
+from pe_port.api import EXPORT_FORMAT_VERSION
 from pe_port.compile import features_function_name
 from tests.cpp.conftest import SMALL_MODEL, VARIANT, run_pe_infer
 from tests.helpers import random_images, rel_error
@@ -108,7 +109,7 @@ def test_images_match_the_python_api(pe_infer, cpp_build, t16_artifact, t16_enco
 
 def test_metadata_records_what_pe_infer_checks(t16_artifact):
     meta = json.loads((t16_artifact / "metadata.json").read_text())
-    assert meta["format_version"] == 1 and meta["model"] == SMALL_MODEL
+    assert meta["format_version"] == EXPORT_FORMAT_VERSION and meta["model"] == SMALL_MODEL
     name = features_function_name(VARIANT[1], VARIANT[0], VARIANT[2], 12)
     assert meta["functions"] == ["forward", "forward_features", name]
     assert meta["feature_variants"] == [
@@ -166,7 +167,8 @@ def test_missing_or_incomplete_artifact(pe_infer, t16_artifact, pixels, tmp_path
     ("truncate_library_no_crc", "model.so is truncated or corrupt"),
     ("text_library_no_crc", "model.so is not a shared library"),
     ("bad_json", "is not valid JSON"),
-    ("format_version", "has format version 2; this pe_infer reads version 1"),
+    ("format_version", f"has format version {EXPORT_FORMAT_VERSION + 1}; this pe_infer reads "
+                       f"version {EXPORT_FORMAT_VERSION}"),
     ("unknown_model", "which pe_infer does not know"),
     ("wrong_config", "config differs: width 384 (expected 192)"),
     ("missing_field", "params is missing"),
@@ -187,7 +189,7 @@ def test_corrupt_artifact(pe_infer, t16_artifact, pixels, tmp_path, damage, mess
     elif damage == "bad_json":
         (art / "metadata.json").write_text('{"format_version": 1, "model": ')
     elif damage == "format_version":
-        edit_metadata(art, lambda m: m.update(format_version=2))
+        edit_metadata(art, lambda m: m.update(format_version=EXPORT_FORMAT_VERSION + 1))
     elif damage == "unknown_model":
         edit_metadata(art, lambda m: m.update(model="PE-Core-X99"))
     elif damage == "wrong_config":

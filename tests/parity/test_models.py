@@ -142,7 +142,8 @@ def generic_tower(family: str):
     mod, specs = _export(cfg, "float32", (), "generic")
     vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
     weights = numpy_weights(ref)
-    packed = list(vm["transform_params"]([tvm.runtime.tensor(weights[n]) for n, _ in specs]))
+    params = [tvm.runtime.tensor(weights[n]) for n, _ in specs]
+    packed = list(vm["forward_transform_params"](params))
     return ref, lambda images: vm["forward"](tvm.runtime.tensor(images), *packed).numpy()
 
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import pe_port
+from pe_port.api import EXPORT_FORMAT_VERSION
 from pe_port.cli import main
 from tests.conftest import SMALL_MODEL
 from tests.helpers import random_images, rel_error
@@ -80,7 +81,7 @@ def test_encode_images_preprocesses_then_runs_forward(encoder, tmp_path):
 def test_export_writes_library_weights_and_metadata(encoder, tmp_path, t16_state_dict):
     out = encoder.export(tmp_path / "artifact")
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["model"] == SMALL_MODEL and meta["format_version"] == 1
+    assert meta["model"] == SMALL_MODEL and meta["format_version"] == EXPORT_FORMAT_VERSION
     assert (out / "model.so").stat().st_size > 0
     blob = (out / "weights.bin").read_bytes()
     first = meta["params"][0]

@@ -72,7 +72,7 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
     rows, cols = dense_tile(n)
     col_tiles = n // cols
 
-    def finish(y, bias, res, gamma, b, s, c):
+    def finish(y, bias, res, gamma, m, c):
         """The epilogue, built at parse time from the buffers a signature has."""
         y = y + bias[c]
         if activation == "gelu":
@@ -80,18 +80,19 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
         if gamma is not None:
             y = gamma[c] * y
         if res is not None:
-            y = res[b, s, c] + y
+            y = res[m, c] + y
         return y
 
     @T.macro
     def dense_body(x, w, bias, res, gamma, out, batch, seq):
+        # x, res and out are viewed as the `[batch * seq, features]` matrices they are in
+        # memory: indexed `[b, s, c]`, every row index divides by the symbolic `seq`, which
+        # kept LLVM from vectorising the stores (3x slower).
         m_total = batch * seq
         row_tiles = (m_total + rows - 1) // rows
         # Column-tile major: the tasks a thread runs in a row share one weight panel
         # `[k, cols]`, which stays in L2 while the thread walks down the rows of x.
         for tile in T.parallel(col_tiles * row_tiles):
-            col_tile = tile // row_tiles
-            row0 = tile % row_tiles * rows
             acc = T.alloc_buffer((rows, cols), "float32", scope="local")
             for i in T.unroll(rows):
                 for j in T.vectorized(cols):
@@ -100,16 +101,14 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
                 for i in T.unroll(rows):
                     for j in T.vectorized(cols):
                         acc[i, j] = acc[i, j] + x[
-                            T.min(row0 + i, m_total - 1) // seq,
-                            T.min(row0 + i, m_total - 1) % seq,
-                            kk,
-                        ] * w[col_tile, kk, j]
+                            T.min(tile % row_tiles * rows + i, m_total - 1), kk
+                        ] * w[tile // row_tiles, kk, j]
             for i in T.unroll(rows):
-                if row0 + i < m_total:
+                if tile % row_tiles * rows + i < m_total:
                     for j in T.vectorized(cols):
-                        out[(row0 + i) // seq, (row0 + i) % seq, col_tile * cols + j] = finish(
-                            acc[i, j], bias, res, gamma, (row0 + i) // seq, (row0 + i) % seq,
-                            col_tile * cols + j)
+                        out[tile % row_tiles * rows + i, tile // row_tiles * cols + j] = finish(
+                            acc[i, j], bias, res, gamma, tile % row_tiles * rows + i,
+                            tile // row_tiles * cols + j)
 
     # One signature per epilogue: the buffers each one reads, nothing more.
     @T.prim_func(private=True)
@@ -117,10 +116,12 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
         T.func_attr({"op_pattern": 8, "tirx.noalias": True})
         batch = T.int64()
         seq = T.int64()
-        x = T.match_buffer(var_x, (batch, seq, k), "float32")
+        x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
         w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
         bias = T.match_buffer(var_bias, (n,), "float32")
-        out = T.match_buffer(var_out, (batch, seq, n), "float32")
+        out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
+        x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
+        out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
         dense_body(x, w, bias, None, None, out, batch, seq)
 
     @T.prim_func(private=True)
@@ -129,11 +130,14 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
         T.func_attr({"op_pattern": 8, "tirx.noalias": True})
         batch = T.int64()
         seq = T.int64()
-        x = T.match_buffer(var_x, (batch, seq, k), "float32")
+        x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
         w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
         bias = T.match_buffer(var_bias, (n,), "float32")
-        res = T.match_buffer(var_res, (batch, seq, n), "float32")
-        out = T.match_buffer(var_out, (batch, seq, n), "float32")
+        res_in = T.match_buffer(var_res, (batch, seq, n), "float32")
+        out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
+        x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
+        out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
+        res = T.decl_buffer((batch * seq, n), "float32", data=res_in.data)
         dense_body(x, w, bias, res, None, out, batch, seq)
 
     @T.prim_func(private=True)
@@ -142,12 +146,15 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
         T.func_attr({"op_pattern": 8, "tirx.noalias": True})
         batch = T.int64()
         seq = T.int64()
-        x = T.match_buffer(var_x, (batch, seq, k), "float32")
+        x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
         w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
         bias = T.match_buffer(var_bias, (n,), "float32")
-        res = T.match_buffer(var_res, (batch, seq, n), "float32")
+        res_in = T.match_buffer(var_res, (batch, seq, n), "float32")
         gamma = T.match_buffer(var_gamma, (n,), "float32")
-        out = T.match_buffer(var_out, (batch, seq, n), "float32")
+        out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
+        x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
+        out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
+        res = T.decl_buffer((batch * seq, n), "float32", data=res_in.data)
         dense_body(x, w, bias, res, gamma, out, batch, seq)
 
     return {None: dense_plain, "add": dense_add, "scaled_add": dense_scaled_add}[residual]
@@ -219,6 +226,69 @@ def image_patches(x: nn.Tensor, patch: int) -> nn.Tensor:
         out=nn.Tensor.placeholder((batch, tokens, channels * patch * patch), "float32"))
 
 
+def make_layer_norm_kernel(width: int, eps: float):
+    """`(x - mean) / sqrt(var + eps) * weight + bias` over the last axis of `[b, s, width]`.
+
+    One row per parallel task, 16 lanes at a time: the row's sum, then the sum of squared
+    deviations (two passes, as PyTorch and TVM's own layer norm do), then the output. TVM's
+    reduction schedule reduces the row one element at a time, three times slower.
+    """
+    lanes = 16
+    vectors = width // lanes
+
+    @T.prim_func(private=True)
+    def layer_norm(var_x: T.handle, var_weight: T.handle, var_bias: T.handle, var_out: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
+        batch = T.int64()
+        seq = T.int64()
+        x = T.match_buffer(var_x, (batch, seq, width), "float32")
+        weight = T.match_buffer(var_weight, (width,), "float32")
+        bias = T.match_buffer(var_bias, (width,), "float32")
+        out = T.match_buffer(var_out, (batch, seq, width), "float32")
+        for row in T.parallel(batch * seq):
+            b = row // seq
+            s = row % seq
+            partial = T.alloc_buffer((lanes,), "float32", scope="local")
+            stats = T.alloc_buffer((2,), "float32", scope="local")  # mean, 1 / std
+            for j in T.vectorized(lanes):
+                partial[j] = T.float32(0)
+            for v in range(vectors):
+                for j in T.vectorized(lanes):
+                    partial[j] = partial[j] + x[b, s, v * lanes + j]
+            stats[0] = T.float32(0)
+            for j in range(lanes):
+                stats[0] = stats[0] + partial[j]
+            stats[0] = stats[0] / T.float32(width)
+            for j in T.vectorized(lanes):
+                partial[j] = T.float32(0)
+            for v in range(vectors):
+                for j in T.vectorized(lanes):
+                    partial[j] = partial[j] + (x[b, s, v * lanes + j] - stats[0]) * (
+                        x[b, s, v * lanes + j] - stats[0])
+            stats[1] = T.float32(0)
+            for j in range(lanes):
+                stats[1] = stats[1] + partial[j]
+            stats[1] = T.rsqrt(stats[1] / T.float32(width) + T.float32(eps))
+            for v in range(vectors):
+                for j in T.vectorized(lanes):
+                    out[b, s, v * lanes + j] = (x[b, s, v * lanes + j] - stats[0]) * stats[1] * (
+                        weight[v * lanes + j]) + bias[v * lanes + j]
+
+    return layer_norm
+
+
+def layer_norm_fits(width: int) -> bool:
+    """Whether `layer_norm` takes this width: whole 16-lane vectors."""
+    return width % 16 == 0
+
+
+def layer_norm(x: nn.Tensor, weight: nn.Tensor, bias: nn.Tensor, eps: float) -> nn.Tensor:
+    """Layer norm over the last axis of `[batch, seq, width]` (width a multiple of 16)."""
+    kernel = make_layer_norm_kernel(int(x.shape[-1]), eps)
+    return op.tensor_ir_op(kernel, "layer_norm", args=[x, weight, bias],
+                           out=nn.Tensor.placeholder(x.shape, "float32"))
+
+
 def _exp_nonpositive(x):
     """`exp(x)` for `x <= 0`, vectorisable: `2^n * 2^f` with a degree-6 polynomial for `2^f`.
 
@@ -287,8 +357,9 @@ def pack_values(v: nn.Tensor) -> nn.Tensor:
 def make_attention_kernel(heads: int, head_dim: int, scale: float):
     """`softmax(q k^T * scale) v` per head, for `rows` queries of one head per parallel task.
 
-    Layout: q `[b, s, h, d]` (as the RoPE kernel writes it), keys packed in chunks by
-    `pack_keys`, values `[b, h, s, d]`, output `[b, s, h, d]` so the heads merge by a reshape.
+    Layout: q `[b, s_q, h, d]` (as the RoPE kernel writes it), keys packed in chunks by
+    `pack_keys`, values `[b, h, s_kv, d]`, output `[b, s_q, h, d]` so the heads merge by a
+    reshape. Queries and keys may differ in number (the attention pool has one query).
     The task's scores row (`rows x s_pad`) stays in cache: scores, then max and exponentials
     (16 lanes at a time), then the value sum, then one division per output row.
     """
@@ -300,18 +371,23 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
         T.func_attr({"op_pattern": 8, "tirx.noalias": True})
         batch = T.int64()
         seq = T.int64()
-        q = T.match_buffer(var_q, (batch, seq, heads, head_dim), "float32")
+        keys = T.int64()
         chunks = T.int64()
+        q = T.match_buffer(var_q, (batch, seq, heads, head_dim), "float32")
         kt = T.match_buffer(var_kt, (batch, heads, chunks, head_dim, KEY_CHUNK), "float32")
-        v = T.match_buffer(var_v, (batch, heads, seq, head_dim), "float32")
+        v = T.match_buffer(var_v, (batch, heads, keys, head_dim), "float32")
         out = T.match_buffer(var_out, (batch, seq, heads, head_dim), "float32")
-        for task in T.parallel(batch * heads * ((seq + rows - 1) // rows)):
+        row_tiles = (seq + rows - 1) // rows
+        for task in T.parallel(batch * heads * row_tiles):
+            # task -> (image b, head h, first query row r0); rows past `seq` read row seq - 1.
+            b = task // (heads * row_tiles)
+            h = task // row_tiles % heads
+            r0 = task % row_tiles * rows
             scores = T.alloc_buffer((rows, chunks * KEY_CHUNK), "float32")
             tile = T.alloc_buffer((rows, KEY_CHUNK), "float32", scope="local")
             acc = T.alloc_buffer((rows, head_dim), "float32", scope="local")
             row_max = T.alloc_buffer((rows,), "float32", scope="local")
             row_sum = T.alloc_buffer((rows,), "float32", scope="local")
-            # task -> (batch b, head h, first query row r0); rows past `seq` read row seq - 1.
             for chunk in range(chunks):
                 for i in T.unroll(rows):
                     for j in T.vectorized(KEY_CHUNK):
@@ -319,23 +395,13 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
                 for d in range(head_dim):
                     for i in T.unroll(rows):
                         for j in T.vectorized(KEY_CHUNK):
-                            tile[i, j] = tile[i, j] + q[
-                                task // (heads * ((seq + rows - 1) // rows)),
-                                T.min(task % ((seq + rows - 1) // rows) * rows + i, seq - 1),
-                                task // ((seq + rows - 1) // rows) % heads,
-                                d,
-                            ] * kt[
-                                task // (heads * ((seq + rows - 1) // rows)),
-                                task // ((seq + rows - 1) // rows) % heads,
-                                chunk,
-                                d,
-                                j,
-                            ]
+                            tile[i, j] = tile[i, j] + q[b, T.min(r0 + i, seq - 1), h, d] * kt[
+                                b, h, chunk, d, j]
                 for i in T.unroll(rows):
                     for j in T.vectorized(KEY_CHUNK):
                         # Padded keys get a score that vanishes in the softmax (exp < 2e-38).
                         scores[i, chunk * KEY_CHUNK + j] = T.if_then_else(
-                            chunk * KEY_CHUNK + j < seq, tile[i, j], T.float32(NEG_LARGE))
+                            chunk * KEY_CHUNK + j < keys, tile[i, j], T.float32(NEG_LARGE))
             for i in range(rows):
                 # Per row: 16-lane running max and sum in registers, then one horizontal step.
                 lane_max = T.alloc_buffer((lanes,), "float32", scope="local")
@@ -360,31 +426,21 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
             for i in T.unroll(rows):
                 for d in T.vectorized(head_dim):
                     acc[i, d] = T.float32(0)
-            for key in range(seq):
+            for key in range(keys):
                 for i in T.unroll(rows):
                     for d in T.vectorized(head_dim):
-                        acc[i, d] = acc[i, d] + scores[i, key] * v[
-                            task // (heads * ((seq + rows - 1) // rows)),
-                            task // ((seq + rows - 1) // rows) % heads,
-                            key,
-                            d,
-                        ]
+                        acc[i, d] = acc[i, d] + scores[i, key] * v[b, h, key, d]
             for i in T.unroll(rows):
-                if task % ((seq + rows - 1) // rows) * rows + i < seq:
+                if r0 + i < seq:
                     for d in T.vectorized(head_dim):
-                        out[
-                            task // (heads * ((seq + rows - 1) // rows)),
-                            task % ((seq + rows - 1) // rows) * rows + i,
-                            task // ((seq + rows - 1) // rows) % heads,
-                            d,
-                        ] = acc[i, d] / row_sum[i]
+                        out[b, r0 + i, h, d] = acc[i, d] / row_sum[i]
 
     return attention
 
 
 def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
-    """Fused softmax attention over `[b, s, heads, head_dim]` inputs; output in the same layout."""
-    _, _, heads, head_dim = (d if isinstance(d, int) else d for d in q.shape)
+    """Fused softmax attention over `[b, s, heads, head_dim]` inputs; output laid out as `q`."""
+    _, _, heads, head_dim = q.shape
     kernel = make_attention_kernel(int(heads), int(head_dim), scale)
     return op.tensor_ir_op(kernel, "attention", args=[q, pack_keys(k), pack_values(v)],
                            out=nn.Tensor.placeholder(q.shape, "float32"))
