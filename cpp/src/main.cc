@@ -50,7 +50,8 @@ const char kHelp[] =
     "                   `pe-port export ... --features-variant N[,norm][,strip]`)\n"
     "  --center-crop    images: resize the shorter side and crop the centre, not squash\n"
     "  --device D       cpu or cuda (default: what the artifact was compiled for)\n"
-    "  --threads N      CPU threads of TVM's pool (sets TVM_NUM_THREADS; default: TVM's)\n"
+    "  --threads N      CPU threads of TVM's pool (sets TVM_NUM_THREADS; default: one per\n"
+    "                   physical core, or TVM_NUM_THREADS when set)\n"
     "  --repeat N       run N times and report the median time (for benchmarks)\n"
     "  --quiet          no progress lines on stderr\n"
     "  --list-models    the models and configs this program accepts, as JSON\n";
@@ -154,7 +155,14 @@ int Run(const Options& o) {
     if (!o.quiet) std::fprintf(stderr, "pe_infer: %s\n", line.c_str());
   };
   CheckOutputPath(o.output, ".npy");
-  if (o.threads > 0) setenv("TVM_NUM_THREADS", std::to_string(o.threads).c_str(), 1);
+  // TVM sizes its pool once, from TVM_NUM_THREADS, else half the logical CPUs (it assumes SMT
+  // pairs; on machines without SMT that idles half the cores). As pe_port.threads does: the
+  // user's choice, else one thread per physical core.
+  if (o.threads > 0) {
+    setenv("TVM_NUM_THREADS", std::to_string(o.threads).c_str(), 1);
+  } else if (!std::getenv("TVM_NUM_THREADS") && !std::getenv("OMP_NUM_THREADS")) {
+    setenv("TVM_NUM_THREADS", std::to_string(PhysicalCores()).c_str(), 1);
+  }
 
   Artifact artifact = LoadArtifact(o.artifact);
   const std::string compiled_for = DeviceForTarget(artifact.target_kind);

@@ -1,6 +1,7 @@
 #include "util.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,6 +10,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <set>
 
 namespace pe {
 
@@ -46,6 +49,22 @@ std::string ParentDirectory(const std::string& path) {
 std::string BaseName(const std::string& path) {
   size_t slash = path.find_last_of('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+int PhysicalCores() {
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return 1;
+  std::set<std::string> cores;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (!CPU_ISSET(cpu, &allowed)) continue;
+    std::ifstream siblings(Cat("/sys/devices/system/cpu/cpu", cpu,
+                               "/topology/thread_siblings_list"));
+    std::string line;
+    // Without sysfs, count the CPU itself.
+    cores.insert(siblings && std::getline(siblings, line) ? line : Cat("cpu", cpu));
+  }
+  return cores.empty() ? 1 : static_cast<int>(cores.size());
 }
 
 std::vector<uint8_t> ReadFile(const std::string& path, const std::string& what) {

@@ -61,7 +61,7 @@ def layer_norm(x: nn.Tensor, weight: nn.Tensor, bias: nn.Tensor, eps: float) -> 
     """LayerNorm over the last axis of `[batch, seq, width]`."""
     if _fast_cpu(x) and x.ndim == 3 and cpu.layer_norm_fits(int(x.shape[-1])):
         return cpu.layer_norm(x, weight, bias, eps)
-    return op.layer_norm(x, weight, bias, axes=-1, epsilon=eps)
+    return op.layer_norm(x, int(x.shape[-1]), weight, bias, eps=eps)
 
 
 def project(x: nn.Tensor, proj: nn.Tensor) -> nn.Tensor:
