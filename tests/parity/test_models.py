@@ -11,6 +11,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -154,3 +155,26 @@ def test_generic_ops_for_the_gpu_match_reference(family, batch, grid_h, grid_w, 
     ref, run = generic_tower(family)
     images = random_images(batch, grid_h * 8, grid_w * 8, seed)
     assert_close(run(images), reference_forward(ref, images))
+
+
+@pytest.mark.skipif(cpu_target().attrs["mtriple"] != "x86_64-linux-gnu",
+                    reason="the baseline CPU below is x86-64")
+@settings(max_examples=4, deadline=None)
+@given(batch=st.integers(1, 2), grid_h=st.integers(1, 5), grid_w=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_cpu_kernels_on_a_baseline_cpu_match_reference(batch, grid_h, grid_w, seed):
+    """The hand-written CPU kernels built for a plain x86-64 (SSE2, no AVX-512), as on a CPU
+    whose name LLVM does not know: the vector widths they assume are split, not required."""
+    ref, _ = small_tower("core")
+    tower = baseline_tower()
+    patch = tower.config.patch_size
+    images = random_images(batch, grid_h * patch, grid_w * patch, seed)
+    assert_close(tower(images), reference_forward(ref, images))
+
+
+@functools.cache
+def baseline_tower() -> CompiledTower:
+    ref, tower = small_tower("core")
+    baseline = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                  "mcpu": "x86-64"})
+    return CompiledTower(tower.config, baseline, "float32", numpy_weights(ref))

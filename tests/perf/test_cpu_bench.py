@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from pe_port.bench import RUNNERS, make_runner
+from pe_port.bench import RUNNERS, SMALL_MODEL, make_runner
 
 # Unset (as in `make test`): the tiny smoke-test tower only. `make bench` names the real ones.
 MODELS = os.environ.get("PE_BENCH_MODELS", "tiny").split(",")
@@ -36,6 +36,12 @@ def test_forward_speed(benchmark, model, batch, runner):
     package = missing_package(runner)
     if package:
         pytest.skip(f"{runner} needs the {package} package")
+    traced = runner == "tvm-torch-export"
+    if traced and batch > 1 and model != SMALL_MODEL:
+        pytest.skip("the traced route is timed at batch 1 only: its unscheduled kernels take "
+                    "minutes per pass")
     run = make_runner(runner, model, batch)
     benchmark.extra_info.update(model=model, batch=batch, runner=runner)
-    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    # One timed pass of the traced route on official models: minutes each.
+    rounds = 1 if traced and model != SMALL_MODEL else 3
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=1)

@@ -30,7 +30,7 @@ def _parallel_vectorized(sch: s_tir.Schedule, block) -> None:
         return
     inner = loops[-1]
     extent = _constant_extent(sch, inner)
-    if len(loops) > 1 and extent is not None and extent % VECTOR_LANES == 0:
+    if len(loops) > 1 and extent and extent % VECTOR_LANES == 0:
         outer_part, lanes = sch.split(inner, factors=[None, VECTOR_LANES])
         sch.vectorize(lanes)
         loops = [*loops[:-1], outer_part]
@@ -76,7 +76,10 @@ def schedule_for_cpu(target: tvm.target.Target) -> tvm.transform.Pass:
     """A pass: every unscheduled kernel with blocks gets a row-parallel, vectorised schedule."""
 
     def schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-        return _schedule_reduction(func, target) or _schedule_injective(func)
+        try:
+            return _schedule_reduction(func, target) or _schedule_injective(func)
+        except RuntimeError:  # ScheduleError, or TVM refusing a loop (e.g. of extent 0)
+            return None  # unscheduled is slow but correct
 
     @tvm.transform.module_pass(opt_level=0, name="ScheduleForCPU")
     def schedule_module(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
