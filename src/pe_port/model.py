@@ -75,13 +75,12 @@ class MultiheadAttention(nn.Module):
         q = ops.linear(query, w_q, b_q)
         k, v = op.split(ops.linear(tokens, w_kv, b_kv), 2, axis=2)
         heads = (self.num_heads, self.head_dim)
-        out = ops.attention(
+        merged = ops.attention(  # [batch, query_len, width]: heads merged
             op.reshape(q, (batch, query_len, *heads)),
             op.reshape(k, (batch, seq, *heads)),
             op.reshape(v, (batch, seq, *heads)),
             scale=self.head_dim**-0.5,
         )
-        merged = op.reshape(out, (batch, query_len, width))
         return ops.linear(merged, self.out_proj.weight, self.out_proj.bias)
 
 
@@ -126,12 +125,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: nn.Tensor, grid_w, residual: nn.Tensor | None = None,
                 gamma: nn.Tensor | None = None) -> nn.Tensor:
         """Attention over `x`; given `residual`, `residual + gamma * attn(x)` in the last matmul."""
-        batch, seq, width = x.shape
         qkv = ops.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = self.split_heads(qkv, grid_w)
-        out = ops.attention(q, k, v, scale=self.head_dim**-0.5)
-        return ops.linear(op.reshape(out, (batch, seq, width)), self.out_proj.weight,
-                          self.out_proj.bias, residual=residual, gamma=gamma)
+        merged = ops.attention(q, k, v, scale=self.head_dim**-0.5)  # [batch, seq, width]
+        return ops.linear(merged, self.out_proj.weight, self.out_proj.bias,
+                          residual=residual, gamma=gamma)
 
 
 class ResidualAttentionBlock(nn.Module):

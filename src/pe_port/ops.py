@@ -74,13 +74,15 @@ def project(x: nn.Tensor, proj: nn.Tensor) -> nn.Tensor:
 
 
 def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
-    """softmax(q k^T * scale) v over `[b, s, heads, head_dim]` inputs, returned `[b, s, h, d]`."""
+    """softmax(q k^T * scale) v over `[b, s, heads, head_dim]` inputs, heads merged in the
+    output: `[b, s_q, heads * head_dim]`."""
     if _fast_cpu(q):
         return cpu.attention(q, k, v, scale)
+    batch, seq, heads, head_dim = q.shape
     q, k, v = (op.permute_dims(t, [0, 2, 1, 3]) for t in (q, k, v))
     scores = op.matmul(q, op.permute_dims(k, [0, 1, 3, 2])) * scale
     out = op.matmul(op.softmax(scores, axis=-1), v)
-    return op.permute_dims(out, [0, 2, 1, 3])
+    return op.reshape(op.permute_dims(out, [0, 2, 1, 3]), (batch, seq, heads * head_dim))
 
 
 def patch_embed(x: nn.Tensor, weight: nn.Tensor, patch: int) -> nn.Tensor:

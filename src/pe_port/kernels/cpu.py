@@ -349,17 +349,13 @@ def pack_keys(k: nn.Tensor) -> nn.Tensor:
         out=nn.Tensor.placeholder((batch, heads, chunks, head_dim, KEY_CHUNK), "float32"))
 
 
-def pack_values(v: nn.Tensor) -> nn.Tensor:
-    """`v [b, s, h, d]` to `[b, h, s, d]`: one head's values contiguous for the weighted sum."""
-    return op.permute_dims(v, [0, 2, 1, 3])
-
-
 def make_attention_kernel(heads: int, head_dim: int, scale: float):
     """`softmax(q k^T * scale) v` per head, for `rows` queries of one head per parallel task.
 
-    Layout: q `[b, s_q, h, d]` (as the RoPE kernel writes it), keys packed in chunks by
-    `pack_keys`, values `[b, h, s_kv, d]`, output `[b, s_q, h, d]` so the heads merge by a
-    reshape. Queries and keys may differ in number (the attention pool has one query).
+    Layout: q and v `[b, s, h, d]` as the RoPE kernel writes them (a head's values are read
+    in place, one contiguous row of `d` per key), keys packed in chunks by `pack_keys`, output
+    `[b, s_q, h * d]` with the heads already merged (a reshape of symbolic shapes would be a
+    copy). Queries and keys may differ in number (the attention pool has one query).
     The task's scores row (`rows x s_pad`) stays in cache: scores, then max and exponentials
     (16 lanes at a time), then the value sum, then one division per output row.
     """
@@ -375,8 +371,8 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
         chunks = T.int64()
         q = T.match_buffer(var_q, (batch, seq, heads, head_dim), "float32")
         kt = T.match_buffer(var_kt, (batch, heads, chunks, head_dim, KEY_CHUNK), "float32")
-        v = T.match_buffer(var_v, (batch, heads, keys, head_dim), "float32")
-        out = T.match_buffer(var_out, (batch, seq, heads, head_dim), "float32")
+        v = T.match_buffer(var_v, (batch, keys, heads, head_dim), "float32")
+        out = T.match_buffer(var_out, (batch, seq, heads * head_dim), "float32")
         row_tiles = (seq + rows - 1) // rows
         for task in T.parallel(batch * heads * row_tiles):
             # task -> (image b, head h, first query row r0); rows past `seq` read row seq - 1.
@@ -429,18 +425,18 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
             for key in range(keys):
                 for i in T.unroll(rows):
                     for d in T.vectorized(head_dim):
-                        acc[i, d] = acc[i, d] + scores[i, key] * v[b, h, key, d]
+                        acc[i, d] = acc[i, d] + scores[i, key] * v[b, key, h, d]
             for i in T.unroll(rows):
                 if r0 + i < seq:
                     for d in T.vectorized(head_dim):
-                        out[b, r0 + i, h, d] = acc[i, d] / row_sum[i]
+                        out[b, r0 + i, h * head_dim + d] = acc[i, d] / row_sum[i]
 
     return attention
 
 
 def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
-    """Fused softmax attention over `[b, s, heads, head_dim]` inputs; output laid out as `q`."""
-    _, _, heads, head_dim = q.shape
+    """Fused softmax attention over `[b, s, heads, head_dim]` inputs; `[b, s_q, width]` out."""
+    batch, seq, heads, head_dim = q.shape
     kernel = make_attention_kernel(int(heads), int(head_dim), scale)
-    return op.tensor_ir_op(kernel, "attention", args=[q, pack_keys(k), pack_values(v)],
-                           out=nn.Tensor.placeholder(q.shape, "float32"))
+    return op.tensor_ir_op(kernel, "attention", args=[q, pack_keys(k), v],
+                           out=nn.Tensor.placeholder((batch, seq, heads * head_dim), "float32"))
