@@ -2,7 +2,9 @@
 
 - `rope`: 2D rotary position embedding fused with the q|k|v split (TIR).
 - `posemb`: bilinear resize of the position-embedding grid (TE).
-- `cpu`: the CPU fast path: packed-weight matmuls with fused epilogues and fused attention (TIR).
+- `cpu`: the CPU fast path (TIR): packed-weight matmuls with fused epilogues, fused attention,
+  layer norm, the patch gather.
+- `cpu_schedule`: the pass that schedules, on the CPU, the kernels TVM legalizes.
 """
 
 from pe_port.kernels.posemb import resize_posemb

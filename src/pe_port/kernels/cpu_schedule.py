@@ -1,10 +1,11 @@
-"""Schedules for the CPU kernels that are not hand-written: layer norms, RoPE, copies.
+"""Schedules for the CPU kernels that are not hand-written: RoPE, the position-embedding
+resize, copies, and layer norms of widths that are not a multiple of 16.
 
 TVM's default CPU pipeline leaves legalized operators as written: one thread, scalar loops.
 After the matmuls and attention were hand-written, these "small" kernels took a third of the
 time of a PE-Core-T16 forward pass at batch 8. The pass below gives each of them the obvious
-schedule: rows in parallel, the innermost (feature) axis vectorised. Layer norm and softmax use
-dlight's CPU reduction rule, which does the same for a row-wise reduction.
+schedule: rows in parallel, the innermost (feature) axis vectorised. Row-wise reductions (layer
+norm, softmax) use dlight's CPU reduction rule, which does the same for them.
 
 The hand-written kernels (`pe_port.kernels.cpu`) carry their schedule in their loop nest and
 have no schedulable blocks; the pass leaves them alone.
