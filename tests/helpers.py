@@ -44,7 +44,7 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
     from tvm import relax
 
     from pe_port import ops
-    from pe_port.compile import build, cpu_target, lift_weight_transforms
+    from pe_port.compile import build, cpu_target, lift_weight_transforms, transform_function_name
 
     with ops.kernel_backend(backend):
         mod, params = module.export_tvm({"forward": inputs})
@@ -58,7 +58,7 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
         return tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32))
 
     def run(weights: dict[str, np.ndarray], *args):
-        packed = list(vm["forward_transform_params"]([to_tvm(weights[n]) for n in names]))
+        packed = list(vm[transform_function_name("forward")]([to_tvm(weights[n]) for n in names]))
         out = vm["forward"](*[to_tvm(a) for a in args], *packed)
         if isinstance(out, tvm.runtime.Tensor):
             return out.numpy()

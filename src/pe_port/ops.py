@@ -68,8 +68,7 @@ def project(x: nn.Tensor, proj: nn.Tensor) -> nn.Tensor:
     """`x @ proj` for a `[in, out]` matrix (the tower's final projection, stored unlike Linear)."""
     if _fast_cpu(x):
         # Transposed and packed once, at load: the transform depends on the weight alone.
-        no_bias = op.zeros((int(proj.shape[1]),), "float32")
-        return cpu.dense(x, op.permute_dims(proj), no_bias)
+        return cpu.dense(x, op.permute_dims(proj), bias=None)
     return op.matmul(x, proj)
 
 
@@ -96,5 +95,4 @@ def patch_embed(x: nn.Tensor, weight: nn.Tensor, patch: int) -> nn.Tensor:
     # As a matmul over patches (c, ky, kx order, as the conv weight is laid out).
     tiles = cpu.image_patches(x, patch)
     flat_weight = op.reshape(weight, (width, channels * patch * patch))
-    no_bias = op.zeros((width,), "float32")
-    return cpu.dense(tiles, flat_weight, no_bias)
+    return cpu.dense(tiles, flat_weight, bias=None)

@@ -136,7 +136,7 @@ def generic_tower(family: str):
     import tvm
     from tvm import relax
 
-    from pe_port.compile import _export, build
+    from pe_port.compile import _export, build, transform_function_name
 
     cfg = custom_config(**FAMILIES[family])
     ref = reference_model(cfg, seed=2)
@@ -144,7 +144,7 @@ def generic_tower(family: str):
     vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
     weights = numpy_weights(ref)
     params = [tvm.runtime.tensor(weights[n]) for n, _ in specs]
-    packed = list(vm["forward_transform_params"](params))
+    packed = list(vm[transform_function_name("forward")](params))
     return ref, lambda images: vm["forward"](tvm.runtime.tensor(images), *packed).numpy()
 
 

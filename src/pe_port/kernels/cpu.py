@@ -163,15 +163,16 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
 def dense(
     x: nn.Tensor,
     weight: nn.Tensor,
-    bias: nn.Tensor,
+    bias: nn.Tensor | None,
     activation: str | None = None,
     residual: nn.Tensor | None = None,
     gamma: nn.Tensor | None = None,
 ) -> nn.Tensor:
     """`x @ weight.T + bias`, then GELU or a (LayerScale-scaled) residual add, in one kernel.
 
-    `x` is `[batch, seq, k]` (a `[batch, k]` input is taken as one token per image).
-    `gamma` is only used with `residual`.
+    `x` is `[batch, seq, k]` (a `[batch, k]` input is taken as one token per image). No
+    `bias` (the patch embedding, the final projection) adds zeros. `gamma` is only used with
+    `residual`.
     """
     flat = x.ndim == 2
     if flat:
@@ -179,6 +180,8 @@ def dense(
         residual = None if residual is None else op.unsqueeze(residual, 1)
     batch, seq, k = x.shape
     n = int(weight.shape[0])
+    if bias is None:
+        bias = op.zeros((n,), "float32")
     mode = None if residual is None else ("add" if gamma is None else "scaled_add")
     kernel = make_dense_kernel(int(k), n, activation, mode)
     args = [x, pack_weight(weight), bias]
@@ -198,7 +201,7 @@ def image_patches(x: nn.Tensor, patch: int) -> nn.Tensor:
     Written as a kernel because the same gather as reshape/permute/reshape legalizes to loops
     whose every index is a chain of 64-bit divisions by symbolic sizes (20 ms at batch 8, 384px).
     """
-    batch, channels, height, width = x.shape
+    batch, channels, image_h, image_w = x.shape
     channels = int(channels)
 
     # Blocks, not loops: `schedule_for_cpu` parallelises it (and TVM's reshape detection,
@@ -220,7 +223,7 @@ def image_patches(x: nn.Tensor, patch: int) -> nn.Tensor:
                 out[vb, vy * (width // patch) + vx, (vc * patch + vky) * patch + vkx] = pixels[
                     vb, vc, vy * patch + vky, vx * patch + vkx]
 
-    tokens = (height // patch) * (width // patch)
+    tokens = (image_h // patch) * (image_w // patch)
     return op.tensor_ir_op(
         patches, "image_patches", args=[x],
         out=nn.Tensor.placeholder((batch, tokens, channels * patch * patch), "float32"))
