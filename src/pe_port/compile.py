@@ -22,6 +22,7 @@ from pe_port import ops
 from pe_port.config import PEConfig
 from pe_port.errors import UserError
 from pe_port.kernels.cpu_schedule import schedule_for_cpu
+from pe_port.kernels.gpu_schedule import schedule_for_gpu
 from pe_port.model import VisionTransformer
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -110,8 +111,12 @@ def image_spec(dtype: str) -> nn.spec.Tensor:
 
 
 def kernel_backend_for(target: tvm.target.Target | None) -> str:
-    """The CPU gets the hand-written kernels; other targets the generic ops (dlight on GPU)."""
-    return "cpu" if target is not None and target.kind.name == "llvm" else "generic"
+    """The CPU and the GPU get their hand-written kernels; anything else the generic ops."""
+    if target is None:
+        return "generic"
+    if target.kind.name == "llvm":
+        return "cpu"
+    return "gpu" if is_gpu(target) else "generic"
 
 
 def export_tower(
@@ -238,58 +243,3 @@ def _gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
             return tvm.transform.Sequential(passes)(mod)
 
     return pipeline
-
-
-def schedule_for_gpu(target: tvm.target.Target) -> tvm.transform.Pass:
-    """Give every kernel the first dlight GPU schedule that applies to it.
-
-    Like `dlight.ApplyDefaultSchedule`, except that a rule which fails on a kernel (the general
-    reduction rule does on the attention pool's one-query matmul) passes it to the next rule
-    instead of failing the build; `Fallback` schedules anything.
-    """
-    from tvm import s_tir, tirx
-    from tvm.s_tir import dlight
-
-    rules = [
-        dlight.gpu.Matmul(),
-        dlight.gpu.GEMV(),
-        dlight.gpu.Reduction(),
-        dlight.gpu.GeneralReduction(),
-        dlight.gpu.Fallback(),
-    ]
-
-    def first_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-        for rule in rules:
-            try:
-                space = rule.apply(func, target, False)
-            except s_tir.ScheduleError:
-                continue
-            if space is None:
-                continue
-            scheduled = (space if isinstance(space, s_tir.Schedule) else space[0]).mod["main"]
-            if _has_symbolic_scratch(scheduled):
-                continue  # CUDA cannot allocate registers or shared memory of symbolic size
-            return scheduled.with_attr("tirx.is_scheduled", True)
-        return None
-
-    @tvm.transform.module_pass(opt_level=0, name="ScheduleForGPU")
-    def schedule(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        for gvar, func in list(mod.functions_items()):
-            if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled"):
-                scheduled = first_schedule(func)
-                if scheduled is not None:
-                    mod[gvar] = scheduled
-        return mod
-
-    return schedule
-
-
-def _has_symbolic_scratch(func) -> bool:
-    """Whether a scheduled kernel has a register or shared buffer of non-constant size."""
-    from tvm import tirx
-    from tvm.s_tir.analysis import detect_buffer_access_lca
-
-    return any(
-        buf.scope() != "global" and not all(isinstance(d, tirx.IntImm) for d in buf.shape)
-        for buf in detect_buffer_access_lca(func)
-    )

@@ -1,9 +1,14 @@
 """The operations whose implementation depends on the target, behind one small interface.
 
-The model calls `linear`, `attention` and `patch_embed`; under `kernel_backend("cpu")` they emit
-the hand-written CPU kernels (`pe_port.kernels.cpu`), otherwise plain Relax ops that any
-backend legalizes (the GPU path schedules those with dlight). Same math either way: the parity
-suite runs on both.
+The model calls `linear`, `layer_norm`, `attention`, `project` and `patch_embed`. Backends:
+- "generic": plain Relax ops that any target legalizes.
+- "cpu": the hand-written CPU kernels (`pe_port.kernels.cpu`) for float32.
+- "gpu": matmuls that accumulate in float32 whatever the dtype (tensor cores for fp16/bf16,
+  scheduled in `compile.schedule_for_gpu`), LayerNorm statistics in float32, and the flash
+  attention kernel (`pe_port.kernels.gpu`).
+- "gpu_emulated": the "gpu" graph with its kernels in their serial form, so the parity suite
+  runs the GPU graph on a CPU.
+Same math in all: the parity suite runs each against the reference.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from collections.abc import Iterator
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 
-from pe_port.kernels import cpu
+from pe_port.kernels import cpu, gpu
+from pe_port.kernels.patches import image_patches
 
-BACKENDS = ("generic", "cpu")
+BACKENDS = ("generic", "cpu", "gpu", "gpu_emulated")
 _backend: contextvars.ContextVar[str] = contextvars.ContextVar("pe_port_backend",
                                                                  default="generic")
 
@@ -38,18 +44,42 @@ def _fast_cpu(x: nn.Tensor) -> bool:
     return _backend.get() == "cpu" and x.dtype == "float32"
 
 
+def _gpu() -> bool:
+    return _backend.get() in ("gpu", "gpu_emulated")
+
+
+def _f32(x: nn.Tensor | None) -> nn.Tensor | None:
+    """`x` in float32 (None stays None: an absent bias, gamma or residual)."""
+    return x if x is None or x.dtype == "float32" else op.astype(x, "float32")
+
+
+def _as(x: nn.Tensor, dtype: str) -> nn.Tensor:
+    return x if x.dtype == dtype else op.astype(x, dtype)
+
+
 def linear(
     x: nn.Tensor,
     weight: nn.Tensor,
-    bias: nn.Tensor,
+    bias: nn.Tensor | None,
     activation: str | None = None,
     residual: nn.Tensor | None = None,
     gamma: nn.Tensor | None = None,
 ) -> nn.Tensor:
-    """`residual + gamma * act(x @ weight.T + bias)`; each of act, gamma, residual optional."""
+    """`residual + gamma * act(x @ weight.T + bias)`; each of bias, act, gamma, residual
+    optional."""
     if _fast_cpu(x):
         return cpu.dense(x, weight, bias, activation, residual, gamma)
-    y = op.matmul(x, op.permute_dims(weight)) + bias
+    if _gpu():
+        # Accumulate and run the epilogue in float32 (one fused kernel), store in x's dtype.
+        y = op.matmul(x, op.permute_dims(weight), out_dtype="float32")
+        return _as(_epilogue(y, _f32(bias), activation, _f32(residual), _f32(gamma)), x.dtype)
+    return _epilogue(op.matmul(x, op.permute_dims(weight)), bias, activation, residual, gamma)
+
+
+def _epilogue(y: nn.Tensor, bias: nn.Tensor | None, activation: str | None,
+              residual: nn.Tensor | None, gamma: nn.Tensor | None) -> nn.Tensor:
+    if bias is not None:
+        y = y + bias
     if activation == "gelu":
         y = op.gelu(y)
     if gamma is not None:
@@ -61,6 +91,11 @@ def layer_norm(x: nn.Tensor, weight: nn.Tensor, bias: nn.Tensor, eps: float) -> 
     """LayerNorm over the last axis of `[batch, seq, width]`."""
     if _fast_cpu(x) and x.ndim == 3 and cpu.layer_norm_fits(int(x.shape[-1])):
         return cpu.layer_norm(x, weight, bias, eps)
+    if _gpu():
+        # Statistics in float32 (Relax's layer_norm also refuses bfloat16); FuseOps makes the
+        # casts and the normalization one kernel.
+        width = int(x.shape[-1])
+        return _as(op.layer_norm(_f32(x), width, _f32(weight), _f32(bias), eps=eps), x.dtype)
     return op.layer_norm(x, int(x.shape[-1]), weight, bias, eps=eps)
 
 
@@ -69,6 +104,8 @@ def project(x: nn.Tensor, proj: nn.Tensor) -> nn.Tensor:
     if _fast_cpu(x):
         # Transposed and packed once, at load: the transform depends on the weight alone.
         return cpu.dense(x, op.permute_dims(proj), bias=None)
+    if _gpu():
+        return _as(op.matmul(x, proj, out_dtype="float32"), x.dtype)
     return op.matmul(x, proj)
 
 
@@ -77,6 +114,8 @@ def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tens
     output: `[b, s_q, heads * head_dim]`."""
     if _fast_cpu(q):
         return cpu.attention(q, k, v, scale)
+    if _gpu():
+        return gpu.attention(q, k, v, scale, emulate=_backend.get() == "gpu_emulated")
     batch, seq, heads, head_dim = q.shape
     q, k, v = (op.permute_dims(t, [0, 2, 1, 3]) for t in (q, k, v))
     scores = op.matmul(q, op.permute_dims(k, [0, 1, 3, 2])) * scale
@@ -89,10 +128,14 @@ def patch_embed(x: nn.Tensor, weight: nn.Tensor, patch: int) -> nn.Tensor:
     batch, channels, height, width_px = x.shape
     width = int(weight.shape[0])
     grid_h, grid_w = height // patch, width_px // patch
+    if _gpu():
+        # As a matmul over patches, so it runs on the tensor cores with float32 accumulation.
+        flat_weight = op.reshape(weight, (width, channels * patch * patch))
+        return linear(image_patches(x, patch), flat_weight, bias=None)
     if not _fast_cpu(x):
         patches = op.conv2d(x, weight, stride=patch)  # [b, width, gh, gw]
         return op.permute_dims(op.reshape(patches, (batch, width, grid_h * grid_w)), [0, 2, 1])
     # As a matmul over patches (c, ky, kx order, as the conv weight is laid out).
-    tiles = cpu.image_patches(x, patch)
+    tiles = image_patches(x, patch)
     flat_weight = op.reshape(weight, (width, channels * patch * patch))
     return cpu.dense(tiles, flat_weight, bias=None)

@@ -1,42 +1,106 @@
 """CUDA: the tower cross-compiles for sm_80 and sm_90 here; parity runs only where a GPU is.
 
-Tolerance on the GPU: fp32, relative error 1e-4 against the float64 reference (as on the CPU).
+Without a GPU these tests check what the CUDA build contains: the fp16 and bf16 matmuls on the
+tensor cores (WMMA fragments of that element type), the flash attention kernel, and that the
+attention kernel fits in registers (ptxas reports no spills). Its arithmetic is checked on the
+CPU in test_gpu_kernels.py.
+
+Tolerance on the GPU: fp32, relative error 1e-4 against the float64 reference (as on the CPU);
+fp16 and bf16 as in test_gpu_kernels.py (at most twice PyTorch's own error in that dtype).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import shutil
+import subprocess
 
 import pytest
 import tvm
 
 from pe_port.compile import build, cuda_target, export_tower
 from pe_port.config import custom_config
+from pe_port.kernels.gpu import make_flash_attention_kernel
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+has_gpu = tvm.cuda(0).exist
+# Wide enough that dlight tensorizes the matmuls (it leaves dimensions of 64 or less alone).
+TENSOR_CORE_CONFIG = custom_config(width=128, heads=2, output_dim=128)
+WMMA_TYPES = {"float16": "half", "bfloat16": "nv_bfloat16"}
+
+
+def cuda_source(executable) -> str:
+    """The CUDA C++ TVM generated for every kernel of a built module."""
+    def modules(module):
+        yield module
+        for imported in module.imports:
+            yield from modules(imported)
+
+    return "".join(m.inspect_source("cuda") for m in modules(executable.mod) if m.kind == "cuda")
+
+
+@functools.cache
+def built_tower(dtype: str, arch: str):
+    mod, _ = export_tower(TENSOR_CORE_CONFIG, dtype, target=cuda_target(arch))
+    return build(mod, cuda_target(arch))
 
 
 @needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_tower_cross_compiles_and_exports_for_cuda(arch, tmp_path):
-    mod, _ = export_tower(custom_config(), "float32")
-    library = tmp_path / f"tower_{arch}.so"
-    build(mod, cuda_target(arch)).export_library(str(library))
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_tower_cross_compiles_and_exports_for_cuda(dtype, arch, tmp_path):
+    library = tmp_path / f"tower_{dtype}_{arch}.so"
+    built_tower(dtype, arch).export_library(str(library))
     assert library.stat().st_size > 0
+    assert "flash_attention" in cuda_source(built_tower(dtype, arch))
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_matmuls_run_on_tensor_cores(dtype):
+    source = cuda_source(built_tower(dtype, "sm_80"))
+    fragment = f"wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, {WMMA_TYPES[dtype]}"
+    # Every matmul of a block (qkv, out, fc, proj) and of the pool: one kernel each at least.
+    assert source.count(fragment) >= 4
+    assert "wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>" in source
+
+
+@needs_nvcc
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_flash_attention_fits_in_registers(dtype, tmp_path):
+    """PE's head size (64): ptxas must keep the query row and accumulator in registers."""
+    kernel = make_flash_attention_kernel(12, 64, 0.125, dtype)
+    lib = tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
+                      target=cuda_target("sm_90"))
+    source = tmp_path / "attention.cu"
+    source.write_text(cuda_source(lib))
+    report = subprocess.run(
+        ["nvcc", "-arch=sm_90", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "a.cubin"),
+         str(source)], capture_output=True, text=True, check=True).stderr
+    assert re.search(r"\b0 bytes spill stores, 0 bytes spill loads", report), report
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not tvm.cuda(0).exist, reason="no CUDA GPU on this machine")
-def test_tower_matches_reference_on_the_gpu():
+@pytest.mark.skipif(not has_gpu, reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_tower_matches_reference_on_the_gpu(dtype):
+    import torch
+
     from pe_port.runtime import CompiledTower
     from tests.helpers import numpy_weights, random_images, reference_model, rel_error
 
     cfg = custom_config()
     ref = reference_model(cfg)
-    tower = CompiledTower(cfg, cuda_target(), "float32", numpy_weights(ref))
+    tower = CompiledTower(cfg, cuda_target(), dtype, numpy_weights(ref))
     images = random_images(2, 32, 48, seed=0)
-    import torch
-
     with torch.no_grad():
         want = ref(torch.from_numpy(images).double()).numpy()
-    assert rel_error(tower(images), want) <= 1e-4
+        if dtype != "float32":
+            torch_dtype = getattr(torch, dtype)
+            half = reference_model(cfg).to(torch_dtype)
+            limit = 2 * rel_error(half(torch.from_numpy(images).to(torch_dtype)).float().numpy(),
+                                  want)
+        else:
+            limit = 1e-4
+    assert rel_error(tower(images), want) <= limit

@@ -194,41 +194,6 @@ def dense(
     return op.squeeze(out, 1) if flat else out
 
 
-def image_patches(x: nn.Tensor, patch: int) -> nn.Tensor:
-    """`[b, c, h, w]` pixels to `[b, (h / p) (w / p), c p p]` rows, one per patch, each in the
-    `(c, ky, kx)` order of the conv weight: the patch embedding becomes a `dense`.
-
-    Written as a kernel because the same gather as reshape/permute/reshape legalizes to loops
-    whose every index is a chain of 64-bit divisions by symbolic sizes (20 ms at batch 8, 384px).
-    """
-    batch, channels, image_h, image_w = x.shape
-    channels = int(channels)
-
-    # Blocks, not loops: `schedule_for_cpu` parallelises it (and TVM's reshape detection,
-    # which inspects every one-in one-out kernel of equal size, needs blocks to read).
-    @T.prim_func(private=True, s_tir=True)
-    def patches(var_x: T.handle, var_out: T.handle):
-        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
-        n_batch = T.int64()
-        height = T.int64()
-        width = T.int64()
-        pixels = T.match_buffer(var_x, (n_batch, channels, height, width), "float32")
-        out = T.match_buffer(
-            var_out, (n_batch, height // patch * (width // patch), channels * patch * patch),
-            "float32")
-        for b, gy, gx, c, ky, kx in T.grid(n_batch, height // patch, width // patch, channels,
-                                           patch, patch):
-            with T.sblock("image_patches"):
-                vb, vy, vx, vc, vky, vkx = T.axis.remap("SSSSSS", [b, gy, gx, c, ky, kx])
-                out[vb, vy * (width // patch) + vx, (vc * patch + vky) * patch + vkx] = pixels[
-                    vb, vc, vy * patch + vky, vx * patch + vkx]
-
-    tokens = (image_h // patch) * (image_w // patch)
-    return op.tensor_ir_op(
-        patches, "image_patches", args=[x],
-        out=nn.Tensor.placeholder((batch, tokens, channels * patch * patch), "float32"))
-
-
 def make_layer_norm_kernel(width: int, eps: float):
     """`(x - mean) / sqrt(var + eps) * weight + bias` over the last axis of `[b, s, width]`.
 

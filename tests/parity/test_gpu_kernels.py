@@ -1,0 +1,122 @@
+"""The GPU path on this CPU: its kernels and its whole graph run in their serial form
+(`emulate=True`, backend "gpu_emulated"), so indexing, masking, the online softmax and every
+dtype cast are checked here; the CUDA builds of the same kernels are checked in test_cuda.py.
+
+Tolerances (relative error, float64 references):
+- fp32: 1e-5, as for every fp32 component (a correct kernel sits near 1e-7).
+- The attention kernel in fp16 / bf16: its inputs are rounded to the dtype before the reference
+  sees them and it accumulates in fp32, so the one error left is the rounding of its output:
+  at most 2 units of roundoff (fp16 u = 2^-11, bf16 u = 2^-8).
+- The whole tower in fp16 / bf16: every stored activation is rounded, as in PyTorch, so the
+  measure is PyTorch's own error in that dtype on the same weights and images: at most twice
+  it (measured: fp16 0.98x, bf16 1.12x of PyTorch's).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pe_port.compile import _export, build, cpu_target
+from pe_port.config import custom_config
+from pe_port.kernels.gpu import make_flash_attention_kernel
+from pe_port.runtime import to_numpy_dtype
+from tests.helpers import numpy_weights, random_images, reference_model, rel_error
+
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def attention_tolerance(dtype: str) -> float:
+    return 1e-5 if dtype == "float32" else 2 * UNIT_ROUNDOFF[dtype]
+
+
+@functools.cache
+def emulated_attention(heads: int, head_dim: int, dtype: str):
+    kernel = make_flash_attention_kernel(heads, head_dim, head_dim**-0.5, dtype, emulate=True)
+    return tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
+                       target=cpu_target())["main"]
+
+
+def reference_attention(q, k, v, scale):
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bhqk,bkhd->bqhd", weights, v)
+    return out.reshape(out.shape[0], out.shape[1], -1)
+
+
+@settings(max_examples=16, deadline=None)
+@given(
+    dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
+    heads_dim=st.sampled_from([(1, 8), (2, 16), (3, 64)]),
+    batch=st.integers(1, 2),
+    queries=st.integers(1, 80),  # across the 64-row query tile
+    keys=st.integers(1, 40),  # across the 16-key tile
+    seed=st.integers(0, 2**16),
+)
+def test_flash_attention_matches_reference(dtype, heads_dim, batch, queries, keys, seed):
+    heads, head_dim = heads_dim
+    rng = np.random.default_rng(seed)
+    np_dtype = to_numpy_dtype(dtype)
+    q, k, v = (rng.standard_normal((batch, n, heads, head_dim)).astype(np_dtype)
+               for n in (queries, keys, keys))
+    out = tvm.runtime.tensor(np.zeros((batch, queries, heads * head_dim), np_dtype))
+    emulated_attention(heads, head_dim, dtype)(*(tvm.runtime.tensor(t) for t in (q, k, v)), out)
+    want = reference_attention(*(t.astype(np.float64) for t in (q, k, v)), head_dim**-0.5)
+    assert rel_error(out.numpy().astype(np.float32), want) <= attention_tolerance(dtype)
+
+
+def test_flash_attention_softmax_survives_large_scores():
+    """Scores of +-1e4 overflow a naive exp; the running max keeps the softmax exact."""
+    heads, head_dim = 1, 8
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, n, heads, head_dim)).astype(np.float32) * 40
+               for n in (5, 33, 33))
+    out = tvm.runtime.tensor(np.zeros((1, 5, head_dim), np.float32))
+    emulated_attention(heads, head_dim, "float32")(*(tvm.runtime.tensor(t) for t in (q, k, v)),
+                                                   out)
+    got = out.numpy()
+    assert np.isfinite(got).all()
+    assert rel_error(got, reference_attention(q.astype(np.float64), k, v, head_dim**-0.5)) <= 1e-5
+
+
+@functools.cache
+def emulated_tower(config, dtype: str):
+    mod, specs = _export(config, dtype, (), "gpu_emulated")
+    return tvm.relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu()), specs
+
+
+def run_emulated_tower(config, dtype: str, weights: dict, images: np.ndarray) -> np.ndarray:
+    vm, specs = emulated_tower(config, dtype)
+    np_dtype = to_numpy_dtype(dtype)
+    params = [tvm.runtime.tensor(weights[name].astype(np_dtype)) for name, _ in specs]
+    packed = vm["forward_transform_params"](params)
+    out = vm["forward"](tvm.runtime.tensor(images.astype(np_dtype)), *packed)
+    return out.numpy().astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_gpu_graph_matches_reference(dtype):
+    """The tower as the GPU build makes it (fp32 accumulation, fp32 LayerNorm statistics,
+    flash attention, patch embedding as a matmul), run in serial form on this CPU."""
+    config = custom_config()
+    ref = reference_model(config, seed=3)
+    images = random_images(2, 32, 48, seed=1)  # not the pretrain size: resized posemb, RoPE
+    with torch.no_grad():
+        want = ref(torch.from_numpy(images).double()).numpy()
+        if dtype != "float32":
+            half = reference_model(config, seed=3).to(TORCH_DTYPES[dtype])
+            torch_error = rel_error(
+                half(torch.from_numpy(images).to(TORCH_DTYPES[dtype])).float().numpy(), want)
+    got = run_emulated_tower(config, dtype, numpy_weights(ref), images)
+    if dtype == "float32":
+        assert rel_error(got, want) <= 1e-5
+    else:
+        assert rel_error(got, want) <= 2 * torch_error
