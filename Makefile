@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo bench bench-gpu lint clean
 comma := ,
 
 $(STAMP): pyproject.toml
@@ -24,6 +24,11 @@ bench: $(STAMP)
 	PE_BENCH_MODELS=$(BENCH_MODELS) PE_BENCH_BATCHES=1,8 $(PY) -m pytest tests/perf \
 		--benchmark-enable --benchmark-columns=median,min,max --benchmark-sort=name
 	$(PY) scripts/bench_cpu.py --models $(subst $(comma), ,$(BENCH_MODELS))
+
+# On a GPU machine: parity on the GPU, then TVM against PyTorch eager, torch.compile and TensorRT
+# (fp16 and bf16, batch 1/8/64). scripts/gpu_bench.py also builds here and runs elsewhere.
+bench-gpu: $(STAMP)
+	$(PY) scripts/gpu_bench.py
 
 demo: $(STAMP)
 	$(VENV)/bin/pe-port demo

@@ -1,11 +1,12 @@
 """The operations whose implementation depends on the target, behind one small interface.
 
 The model calls `linear`, `layer_norm`, `attention`, `project` and `patch_embed`. Backends:
-- "generic": plain Relax ops that any target legalizes.
+- "generic": plain Relax ops that any target legalizes; matmuls accumulate and LayerNorm
+  computes its statistics in float32 whatever the activation dtype.
 - "cpu": the hand-written CPU kernels (`pe_port.kernels.cpu`) for float32.
-- "gpu": matmuls that accumulate in float32 whatever the dtype (tensor cores for fp16/bf16,
-  scheduled in `compile.schedule_for_gpu`), LayerNorm statistics in float32, and the flash
-  attention kernel (`pe_port.kernels.gpu`).
+- "gpu": the generic ops (matmuls on the tensor cores for fp16/bf16, scheduled by
+  `kernels.gpu_schedule`), the flash attention kernel (`pe_port.kernels.gpu`) and the patch
+  embedding as a matmul.
 - "gpu_emulated": the "gpu" graph with its kernels in their serial form, so the parity suite
   runs the GPU graph on a CPU.
 Same math in all: the parity suite runs each against the reference.
@@ -69,11 +70,10 @@ def linear(
     optional."""
     if _fast_cpu(x):
         return cpu.dense(x, weight, bias, activation, residual, gamma)
-    if _gpu():
-        # Accumulate and run the epilogue in float32 (one fused kernel), store in x's dtype.
-        y = op.matmul(x, op.permute_dims(weight), out_dtype="float32")
-        return _as(_epilogue(y, _f32(bias), activation, _f32(residual), _f32(gamma)), x.dtype)
-    return _epilogue(op.matmul(x, op.permute_dims(weight)), bias, activation, residual, gamma)
+    # Accumulate and run the epilogue in float32 whatever the dtype (FuseOps makes it one
+    # kernel; on the GPU fp16/bf16 run on the tensor cores), store in x's dtype.
+    y = op.matmul(x, op.permute_dims(weight), out_dtype="float32")
+    return _as(_epilogue(y, _f32(bias), activation, _f32(residual), _f32(gamma)), x.dtype)
 
 
 def _epilogue(y: nn.Tensor, bias: nn.Tensor | None, activation: str | None,
@@ -91,12 +91,10 @@ def layer_norm(x: nn.Tensor, weight: nn.Tensor, bias: nn.Tensor, eps: float) -> 
     """LayerNorm over the last axis of `[batch, seq, width]`."""
     if _fast_cpu(x) and x.ndim == 3 and cpu.layer_norm_fits(int(x.shape[-1])):
         return cpu.layer_norm(x, weight, bias, eps)
-    if _gpu():
-        # Statistics in float32 (Relax's layer_norm also refuses bfloat16); FuseOps makes the
-        # casts and the normalization one kernel.
-        width = int(x.shape[-1])
-        return _as(op.layer_norm(_f32(x), width, _f32(weight), _f32(bias), eps=eps), x.dtype)
-    return op.layer_norm(x, int(x.shape[-1]), weight, bias, eps=eps)
+    # Statistics in float32 whatever the dtype (Relax's layer_norm also refuses bfloat16);
+    # FuseOps makes the casts and the normalization one kernel.
+    width = int(x.shape[-1])
+    return _as(op.layer_norm(_f32(x), width, _f32(weight), _f32(bias), eps=eps), x.dtype)
 
 
 def project(x: nn.Tensor, proj: nn.Tensor) -> nn.Tensor:
@@ -104,9 +102,7 @@ def project(x: nn.Tensor, proj: nn.Tensor) -> nn.Tensor:
     if _fast_cpu(x):
         # Transposed and packed once, at load: the transform depends on the weight alone.
         return cpu.dense(x, op.permute_dims(proj), bias=None)
-    if _gpu():
-        return _as(op.matmul(x, proj, out_dtype="float32"), x.dtype)
-    return op.matmul(x, proj)
+    return _as(op.matmul(x, proj, out_dtype="float32"), x.dtype)
 
 
 def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
