@@ -26,6 +26,10 @@ class InputError(UserError):
     """Input the tower cannot take (wrong rank, channels, size, dtype, or non-finite values)."""
 
 
+class DeviceError(UserError):
+    """The target's device is not on this machine."""
+
+
 class WeightError(UserError):
     """Weights that do not fit the config: missing, unexpected or wrongly shaped keys."""
 
@@ -96,9 +100,13 @@ class CompiledTower:
         self.target = target
         self.dtype = dtype
         self._compile = compile_fn
+        self.device = tvm.cuda(0) if is_gpu(target) else tvm.cpu(0)
+        if not self.device.exist:  # before compiling: that takes a while
+            raise DeviceError(f"target {target.kind.name} needs a CUDA GPU and this machine has "
+                              "none visible (TVM cross-compiles for CUDA without one: "
+                              "pe_port.compile.build)")
         mod, self.param_specs = export_tower(config, dtype, target=target)
         check_weights(self.param_specs, weights)
-        self.device = tvm.cuda(0) if is_gpu(target) else tvm.cpu(0)
         self.executable = executable if executable is not None else compile_fn(mod, target)
         np_dtype = to_numpy_dtype(dtype)
         self._params = [

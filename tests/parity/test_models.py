@@ -131,8 +131,10 @@ def test_official_config_matches_reference(name, height, width, batch):
 
 
 @functools.cache
-def generic_tower(family: str):
-    """The graph the GPU build schedules (plain Relax ops), compiled for this CPU instead."""
+def backend_tower(backend: str, family: str):
+    """The graph of another kernel backend compiled for this CPU: "generic" (plain Relax ops,
+    what targets other than the CPU and the GPU get) or "gpu_emulated" (the GPU's graph with
+    its hand-written kernels in their serial form)."""
     import tvm
     from tvm import relax
 
@@ -140,7 +142,7 @@ def generic_tower(family: str):
 
     cfg = custom_config(**FAMILIES[family])
     ref = reference_model(cfg, seed=2)
-    mod, specs = _export(cfg, "float32", (), "generic")
+    mod, specs = _export(cfg, "float32", (), backend)
     vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
     weights = numpy_weights(ref)
     params = [tvm.runtime.tensor(weights[n]) for n, _ in specs]
@@ -148,11 +150,12 @@ def generic_tower(family: str):
     return ref, lambda images: vm["forward"](tvm.runtime.tensor(images), *packed).numpy()
 
 
-@settings(max_examples=8, deadline=None)
-@given(family=st.sampled_from(["core", "spatial-g", "avg-pool"]), batch=st.integers(1, 2),
+@settings(max_examples=12, deadline=None)
+@given(backend=st.sampled_from(["generic", "gpu_emulated"]),
+       family=st.sampled_from(["core", "spatial-g", "avg-pool"]), batch=st.integers(1, 2),
        grid_h=st.integers(1, 5), grid_w=st.integers(1, 5), seed=st.integers(0, 2**16))
-def test_generic_ops_for_the_gpu_match_reference(family, batch, grid_h, grid_w, seed):
-    ref, run = generic_tower(family)
+def test_generic_and_gpu_graphs_match_reference(backend, family, batch, grid_h, grid_w, seed):
+    ref, run = backend_tower(backend, family)
     images = random_images(batch, grid_h * 8, grid_w * 8, seed)
     assert_close(run(images), reference_forward(ref, images))
 
@@ -178,3 +181,19 @@ def baseline_tower() -> CompiledTower:
     baseline = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
                                   "mcpu": "x86-64"})
     return CompiledTower(tower.config, baseline, "float32", numpy_weights(ref))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_on_the_cpu_matches_reference(dtype):
+    """fp16 / bf16 on this CPU (the generic graph: fp32 accumulation and LayerNorm statistics).
+    Tolerance: at most twice PyTorch's own error in that dtype, as for the GPU graph."""
+    cfg = custom_config(**FAMILIES["core"])
+    ref = reference_model(cfg, seed=4)
+    tower = CompiledTower(cfg, cpu_target(), dtype, numpy_weights(ref))
+    images = random_images(2, 32, 24, seed=5)
+    want = reference_forward(ref, images)
+    torch_dtype = getattr(torch, dtype)
+    with torch.no_grad():
+        half = reference_model(cfg, seed=4).to(torch_dtype)
+        own = half(torch.from_numpy(images).to(torch_dtype)).float().numpy()
+    assert rel_error(tower(images), want) <= 2 * rel_error(own, want)

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import tvm
 from PIL import Image
 
 import pe_port
@@ -159,6 +160,8 @@ BAD_INPUTS = {
     "unreadable image": (dict(image=b"GIF89a broken"), "cannot read image"),
     "unwritable output": (dict(output="no/such/dir/out.npy"), "does not exist"),
 }
+if not tvm.cuda(0).exist:
+    BAD_INPUTS["cuda without a GPU"] = (dict(args=["--target", "cuda"]), "needs a CUDA GPU")
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -174,7 +177,7 @@ def test_cli_bad_input_exits_2_with_one_clear_line(case, t16_checkpoint, tmp_pat
         source = npy(tmp_path, change.get("pixels", random_images(1, 32, 32, 0)))
     output = tmp_path / change.get("output", "out.npy")
     code = run_cli("encode", change.get("model", SMALL_MODEL), "--checkpoint", checkpoint,
-                   "--input", source, "--output", output)
+                   "--input", source, "--output", output, *change.get("args", []))
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("pe-port: error: ") and len(err.strip().splitlines()) == 1
