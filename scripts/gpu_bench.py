@@ -5,10 +5,11 @@
     python scripts/gpu_bench.py run --libs D     # on the GPU machine: TVM's runtime suffices
 
 Two phases because a GPU machine may carry only TVM's runtime: `build` compiles each model and
-dtype into `D/<model>-<dtype>.so` with a manifest (config, parameter order, FLOPs); `run` loads
-them, builds the PyTorch reference with random weights on the same GPU, and for each model and
-dtype checks parity (fp32: relative error <= 1e-4 against PyTorch fp32; fp16/bf16: at most
-twice PyTorch's own error in that dtype, the measure the parity suite uses), then times every
+dtype (and `--attention` variant) into `D/<model>-<dtype>-<attention>.so` with a manifest
+(config, parameter order, FLOPs); `run` loads them, builds the PyTorch reference with random
+weights on the same GPU, and for each model and dtype checks parity (fp32: relative error
+<= 1e-4 against PyTorch fp32; fp16/bf16: at most twice PyTorch's own error in that dtype, never
+below two units of roundoff: the measure the parity suite uses), then times every
 runner at every batch in the same process and prints one table last, with the GPU's fp16 matmul
 ceiling measured in the same run. `run` imports neither `pe_port` nor TVM's compiler.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import sys
@@ -34,7 +36,11 @@ FP32_TOLERANCE = 1e-4
 
 # ---- build: here, with TVM's compiler ---------------------------------------------------------
 
-def build(libs: Path, models: list[str], dtypes: list[str], arch: str, device: str) -> None:
+ATTENTION_BACKENDS = {"flash": "gpu", "unfused": "gpu_unfused"}
+
+
+def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, device: str,
+          attention: list[str]) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from pe_port.bench import model_config
     from pe_port.compile import build as compile_module
@@ -43,17 +49,19 @@ def build(libs: Path, models: list[str], dtypes: list[str], arch: str, device: s
 
     target = cuda_target(arch) if device == "cuda" else cpu_target()
     libs.mkdir(parents=True, exist_ok=True)
-    manifest = {"device": device, "arch": arch if device == "cuda" else None, "towers": []}
+    manifest = {"device": device, "target": str(target), "towers": []}
     for model in models:
         config = model_config(model)
-        for dtype in dtypes:
+        variants = attention if device == "cuda" else ["cpu"]  # the CPU has its own kernels
+        for dtype, variant in itertools.product(dtypes, variants):
             started = time.perf_counter()
-            mod, specs = export_tower(config, dtype, target=target)
-            library = libs / f"{model}-{dtype}.so"
+            backend = ATTENTION_BACKENDS.get(variant)
+            mod, specs = export_tower(config, dtype, target=target, backend=backend)
+            library = libs / f"{model}-{dtype}-{variant}.so"
             compile_module(mod, target).export_library(str(library))
             print(f"built {library.name} in {time.perf_counter() - started:.0f} s", flush=True)
             manifest["towers"].append({
-                "model": model, "dtype": dtype, "library": library.name,
+                "model": model, "dtype": dtype, "attention": variant, "library": library.name,
                 "config": config.as_kwargs(), "image_size": config.image_size,
                 "params": [name for name, _ in specs],
                 "flops_per_image": forward_flops(config, 1, config.image_size,
@@ -160,52 +168,55 @@ def run(libs: Path, batches: list[int], runners: list[str], repeats: int, device
     print(f"device: {describe_device(torch, device)}; matmul ceiling {ceiling:.1f} TFLOP/s",
           flush=True)
     rows, failures = [], 0
-    for tower in manifest["towers"]:
-        torch_dtype = getattr(torch, tower["dtype"])
-        reference = randomize_(VisionTransformer(**tower["config"]), seed=0).eval().to(device)
+    for (model, dtype), towers in itertools.groupby(manifest["towers"],
+                                                   lambda t: (t["model"], t["dtype"])):
+        towers = list(towers)
+        torch_dtype = getattr(torch, dtype)
+        reference = randomize_(VisionTransformer(**towers[0]["config"]), seed=0)
+        reference = reference.eval().to(device)
         half = copy.deepcopy(reference).to(torch_dtype)  # what eager, compile, TensorRT run
-        state = reference.state_dict()
-        size = tower["image_size"]
+        compiled = torch.compile(half, mode="max-autotune") if "compile" in runners else None
+        size = towers[0]["image_size"]
         generator = torch.Generator().manual_seed(0)
+        images = (torch.rand(PARITY_BATCH, 3, size, size, generator=generator) * 2 - 1)
+        inputs = {batch: (torch.rand(batch, 3, size, size, generator=generator) * 2 - 1)
+                  .to(device=device, dtype=torch_dtype) for batch in batches}
         with torch.no_grad():
-            images = torch.rand(PARITY_BATCH, 3, size, size, generator=generator) * 2 - 1
-            images = images.to(device)
-            tvm_forward, tvm_sync = tvm_runner(tower, libs, device, state, torch_dtype)
-            error, limit = parity(reference, half, tvm_forward, images)
-        status = "ok" if error <= limit else "FAIL"
-        failures += status == "FAIL"
-        print(f"{tower['model']} {tower['dtype']}: parity {error:.2e} (limit {limit:.2e}) "
-              f"{status}", flush=True)
-        compiled = (torch.compile(half, mode="max-autotune") if "compile" in runners else None)
-        for batch in batches:
-            x = (torch.rand(batch, 3, size, size, generator=generator) * 2 - 1).to(device)
-            row = {"model": tower["model"], "dtype": tower["dtype"], "batch": batch,
-                   "parity": status, "gflop": batch * tower["flops_per_image"] / 1e9}
-            row.update(time_runners(runners, x.to(torch_dtype), tvm_forward, tvm_sync, half,
-                                    compiled, sync, repeats, device))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            peers = {batch: time_peers(runners, inputs[batch], half, compiled, sync, repeats,
+                                       device) for batch in batches}
+        for tower in towers:  # one per attention variant
+            tvm_forward, tvm_sync = tvm_runner(tower, libs, device, reference.state_dict(),
+                                               torch_dtype)
+            with torch.no_grad():
+                error, limit = parity(reference, half, tvm_forward, images.to(device))
+            status = "ok" if error <= limit else "FAIL"
+            failures += status == "FAIL"
+            print(f"{model} {dtype} {tower['attention']} attention: parity {error:.2e} "
+                  f"(limit {limit:.2e}) {status}", flush=True)
+            for batch in batches:
+                row = {"model": model, "dtype": dtype, "attention": tower["attention"],
+                       "batch": batch, "parity": status,
+                       "gflop": batch * tower["flops_per_image"] / 1e9,
+                       "tvm": median_ms(tvm_forward, inputs[batch], tvm_sync, repeats),
+                       **peers[batch]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print_table(rows, ceiling, runners)
     return 1 if failures else 0
 
 
-def time_runners(runners, x, tvm_forward, tvm_sync, half, compiled, sync, repeats: int,
-                 device: str) -> dict:
-    """Milliseconds of each runner on the same input; TensorRT's with the reason it is absent."""
-    import torch
-
+def time_peers(runners, x, half, compiled, sync, repeats: int, device: str) -> dict:
+    """Milliseconds of each PyTorch-side runner on `x`; TensorRT's with why it is absent."""
     times = {}
-    with torch.no_grad():
-        times["tvm"] = median_ms(tvm_forward, x, tvm_sync, repeats)
-        if "eager" in runners:
-            times["eager"] = median_ms(half, x, sync, repeats)
-        if compiled is not None:
-            times["compile"] = median_ms(compiled, x, sync, repeats)
-        if "tensorrt" in runners:
-            trt_run, reason = (tensorrt_runner(half, x, str(x.dtype).removeprefix("torch."))
-                               if device == "cuda" else (None, "needs a CUDA GPU"))
-            times["tensorrt"] = median_ms(trt_run, x, sync, repeats) if trt_run else None
-            times["tensorrt_note"] = reason
+    if "eager" in runners:
+        times["eager"] = median_ms(half, x, sync, repeats)
+    if compiled is not None:
+        times["compile"] = median_ms(compiled, x, sync, repeats)
+    if "tensorrt" in runners:
+        trt_run, reason = (tensorrt_runner(half, x, str(x.dtype).removeprefix("torch."))
+                           if device == "cuda" else (None, "needs a CUDA GPU"))
+        times["tensorrt"] = median_ms(trt_run, x, sync, repeats) if trt_run else None
+        times["tensorrt_note"] = reason
     return times
 
 
@@ -219,7 +230,9 @@ def parity(reference, half, tvm_forward, images) -> tuple[float, float]:
     got = torch.from_dlpack(tvm_forward(images.to(dtype).contiguous())).float()
     if dtype == torch.float32:
         return relative_error(got, want), FP32_TOLERANCE
-    return relative_error(got, want), 2 * relative_error(half(images.to(dtype)).float(), want)
+    # As tests.helpers.half_precision_limit: never below two units of roundoff (= eps).
+    own = relative_error(half(images.to(dtype)).float(), want)
+    return relative_error(got, want), max(2 * own, torch.finfo(dtype).eps)
 
 
 def describe_device(torch, device: str) -> str:
@@ -231,14 +244,14 @@ def describe_device(torch, device: str) -> str:
 
 def print_table(rows: list[dict], ceiling: float, runners: list[str]) -> None:
     peers = [r for r in runners if r != "tvm"]
-    header = ["model", "dtype", "batch", "parity", "tvm ms", *[f"{p} ms" for p in peers],
-              "tvm/compile", "TFLOP/s", "% ceiling"]
+    header = ["model", "dtype", "attention", "batch", "parity", "tvm ms",
+              *[f"{p} ms" for p in peers], "tvm/compile", "TFLOP/s", "% ceiling"]
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         tflops = row["gflop"] / row["tvm"]  # GFLOP per ms = TFLOP/s
         speedup = row["compile"] / row["tvm"] if row.get("compile") else None
-        cells = [row["model"], row["dtype"], str(row["batch"]), row["parity"],
+        cells = [row["model"], row["dtype"], row["attention"], str(row["batch"]), row["parity"],
                  f"{row['tvm']:.2f}", *[fmt(row.get(p)) for p in peers],
                  f"{speedup:.2f}x" if speedup else "-", f"{tflops:.3g}",
                  f"{100 * tflops / ceiling:.0f}%"]
@@ -262,12 +275,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=BATCHES)
     parser.add_argument("--runners", nargs="+", default=RUNNERS, choices=RUNNERS)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--arch", default="sm_90", help="CUDA compute capability to build for")
+    parser.add_argument("--attention", nargs="+", default=["flash"],
+                        choices=list(ATTENTION_BACKENDS),
+                        help="GPU attention: the flash kernel, and/or tensor-core matmuls "
+                             "around a float32 softmax (one table row each)")
+    parser.add_argument("--arch", default=None,
+                        help="CUDA compute capability to build for, e.g. sm_80 (default: this "
+                             "machine's GPU, else sm_90)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu: a smoke test of this script on a machine without a GPU")
     args = parser.parse_args(argv)
     if args.phase in ("all", "build"):
-        build(args.libs, args.models, args.dtypes, args.arch, args.device)
+        build(args.libs, args.models, args.dtypes, args.arch, args.device, args.attention)
     if args.phase in ("all", "run"):
         return run(args.libs, args.batches, args.runners, args.repeats, args.device)
     return 0

@@ -65,3 +65,15 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
         return tuple(o.numpy() for o in out)
 
     return run
+
+
+# Unit roundoff of each dtype: the relative error of rounding one value to it.
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def half_precision_limit(dtype: str, torch_error: float) -> float:
+    """The error allowed to a whole tower in fp16/bf16: twice PyTorch's own error in that dtype
+    on the same weights and images (every stored activation is rounded in both), but never
+    less than two units of roundoff (rounding the output alone costs one; on a small tower
+    PyTorch's error can fall below that by chance)."""
+    return max(2 * torch_error, 2 * UNIT_ROUNDOFF[dtype])

@@ -55,10 +55,21 @@ def _host_triple() -> str:
     )
 
 
-def cuda_target(arch: str = DEFAULT_CUDA_ARCH) -> tvm.target.Target:
-    """A CUDA target for `arch` (e.g. "sm_80"), with the host CPU as its host."""
+def cuda_target(arch: str | None = None) -> tvm.target.Target:
+    """A CUDA target for `arch` (e.g. "sm_80"), with the host CPU as its host.
+
+    Without `arch`: the compute capability of this machine's GPU, or `DEFAULT_CUDA_ARCH` when
+    it has none (cross-compiling).
+    """
+    arch = arch or local_cuda_arch() or DEFAULT_CUDA_ARCH
     return tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm",
                                                                    "mtriple": _host_triple()})
+
+
+def local_cuda_arch() -> str | None:
+    """"sm_XY" of GPU 0, or None without a GPU."""
+    device = tvm.cuda(0)
+    return "sm_" + device.compute_version.replace(".", "") if device.exist else None
 
 
 def resolve_target(target: str | dict | tvm.target.Target) -> tvm.target.Target:
@@ -124,14 +135,16 @@ def export_tower(
     dtype: str,
     feature_variants: tuple[tuple[bool, int, bool], ...] = (),
     target: tvm.target.Target | None = None,
+    backend: str | None = None,
 ) -> tuple[tvm.IRModule, list[tuple[str, tuple[int, ...]]]]:
     """The Relax IRModule of the tower: `forward`, `forward_features` and any other variant.
 
     Each `(norm, layer_idx, strip_cls_token)` in `feature_variants` becomes one function, since
-    these choose the graph's structure. Returns the module and the parameters' names and shapes,
-    in the order the functions take them after the image.
+    these choose the graph's structure. `backend` (one of `ops.BACKENDS`) overrides the kernels
+    `kernel_backend_for(target)` picks. Returns the module and the parameters' names and
+    shapes, in the order the functions take them after the image.
     """
-    return _export(config, dtype, tuple(feature_variants), kernel_backend_for(target))
+    return _export(config, dtype, tuple(feature_variants), backend or kernel_backend_for(target))
 
 
 # Exporting is deterministic and an IRModule is immutable, so repeated loads share one export.

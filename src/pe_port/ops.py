@@ -9,6 +9,9 @@ The model calls `linear`, `layer_norm`, `attention`, `project` and `patch_embed`
   embedding as a matmul.
 - "gpu_emulated": the "gpu" graph with its kernels in their serial form, so the parity suite
   runs the GPU graph on a CPU.
+- "gpu_unfused": the "gpu" graph with attention as two tensor-core matmuls around a float32
+  softmax instead of the flash kernel (which runs on the plain cores): which is faster depends
+  on the sequence length and the GPU, so `scripts/gpu_bench.py --attention` times both.
 Same math in all: the parity suite runs each against the reference.
 """
 
@@ -24,7 +27,7 @@ from tvm.relax.frontend.nn import op
 from pe_port.kernels import cpu, gpu
 from pe_port.kernels.patches import image_patches
 
-BACKENDS = ("generic", "cpu", "gpu", "gpu_emulated")
+BACKENDS = ("generic", "cpu", "gpu", "gpu_emulated", "gpu_unfused")
 _backend: contextvars.ContextVar[str] = contextvars.ContextVar("pe_port_backend",
                                                                  default="generic")
 
@@ -46,7 +49,7 @@ def _fast_cpu(x: nn.Tensor) -> bool:
 
 
 def _gpu() -> bool:
-    return _backend.get() in ("gpu", "gpu_emulated")
+    return _backend.get() in ("gpu", "gpu_emulated", "gpu_unfused")
 
 
 def _f32(x: nn.Tensor | None) -> nn.Tensor | None:
@@ -110,12 +113,14 @@ def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tens
     output: `[b, s_q, heads * head_dim]`."""
     if _fast_cpu(q):
         return cpu.attention(q, k, v, scale)
-    if _gpu():
+    if _gpu() and _backend.get() != "gpu_unfused":
         return gpu.attention(q, k, v, scale, emulate=_backend.get() == "gpu_emulated")
+    # Scores and softmax in float32, the weights back in q's dtype for the second matmul.
     batch, seq, heads, head_dim = q.shape
     q, k, v = (op.permute_dims(t, [0, 2, 1, 3]) for t in (q, k, v))
-    scores = op.matmul(q, op.permute_dims(k, [0, 1, 3, 2])) * scale
-    out = op.matmul(op.softmax(scores, axis=-1), v)
+    scores = op.matmul(q, op.permute_dims(k, [0, 1, 3, 2]), out_dtype="float32") * scale
+    weights = _as(op.softmax(scores, axis=-1), v.dtype)
+    out = _as(op.matmul(weights, v, out_dtype="float32"), v.dtype)
     return op.reshape(op.permute_dims(out, [0, 2, 1, 3]), (batch, seq, heads * head_dim))
 
 

@@ -21,7 +21,7 @@ def test_gpu_bench_runs_on_the_cpu(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert "tiny float32: parity" in result.stdout and "FAIL" not in result.stdout
+    assert "tiny float32 cpu attention: parity" in result.stdout and "FAIL" not in result.stdout
     table = [line for line in lines if line.startswith("| tiny |")]
     assert len(table) == 2  # one row per dtype at batch 1
     assert "tensorrt: needs a CUDA GPU" in result.stdout
