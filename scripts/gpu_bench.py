@@ -54,6 +54,10 @@ def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, de
         config = model_config(model)
         variants = attention if device == "cuda" else ["cpu"]  # the CPU has its own kernels
         for dtype, variant in itertools.product(dtypes, variants):
+            if (dtype, variant) == ("bfloat16", "unfused"):
+                print(f"skipped {model} bfloat16 unfused: TVM fails to lower the bf16 softmax "
+                      "(BF16 legalization after dlight's reduction schedule)", flush=True)
+                continue
             started = time.perf_counter()
             backend = ATTENTION_BACKENDS.get(variant)
             mod, specs = export_tower(config, dtype, target=target, backend=backend)
@@ -277,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--attention", nargs="+", default=["flash"],
                         choices=list(ATTENTION_BACKENDS),
-                        help="GPU attention: the flash kernel, and/or tensor-core matmuls "
-                             "around a float32 softmax (one table row each)")
+                        help="GPU attention: the flash kernel, and/or two matmuls around a "
+                             "float32 softmax (one table row each)")
     parser.add_argument("--arch", default=None,
                         help="CUDA compute capability to build for, e.g. sm_80 (default: this "
                              "machine's GPU, else sm_90)")

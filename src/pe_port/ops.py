@@ -9,9 +9,9 @@ The model calls `linear`, `layer_norm`, `attention`, `project` and `patch_embed`
   embedding as a matmul.
 - "gpu_emulated": the "gpu" graph with its kernels in their serial form, so the parity suite
   runs the GPU graph on a CPU.
-- "gpu_unfused": the "gpu" graph with attention as two tensor-core matmuls around a float32
-  softmax instead of the flash kernel (which runs on the plain cores): which is faster depends
-  on the sequence length and the GPU, so `scripts/gpu_bench.py --attention` times both.
+- "gpu_unfused": the "gpu" graph with attention as two matmuls around a float32 softmax
+  instead of the flash kernel: which is faster depends on the sequence length and the GPU, so
+  `scripts/gpu_bench.py --attention` times both.
 Same math in all: the parity suite runs each against the reference.
 """
 

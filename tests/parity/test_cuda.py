@@ -67,6 +67,17 @@ def test_half_precision_matmuls_run_on_tensor_cores(dtype):
 
 
 @needs_nvcc
+def test_unfused_attention_variant_cross_compiles():
+    """`gpu_unfused` (the attention as two matmuls around a softmax), timed against the flash
+    kernel by scripts/gpu_bench.py --attention. Not bf16: TVM fails to lower the fused bf16
+    softmax (docs/porting.md)."""
+    target = cuda_target("sm_80")
+    mod, _ = export_tower(TENSOR_CORE_CONFIG, "float16", target=target, backend="gpu_unfused")
+    source = cuda_source(build(mod, target))
+    assert "flash_attention" not in source and "softmax" in source
+
+
+@needs_nvcc
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_flash_attention_fits_in_registers(dtype, tmp_path):
     """PE's head size (64): ptxas must keep the query row and accumulator in registers."""
