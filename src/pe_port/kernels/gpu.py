@@ -1,4 +1,4 @@
-"""The GPU fast path: flash attention (TIR) and the tensor-core matmul schedule for bf16.
+"""The GPU fast path's hand-written kernel: flash attention (TIR), in a form the CPU can check.
 
 Every kernel here is written with its GPU schedule in the loop nest (`blockIdx`/`threadIdx`
 loops, shared and register buffers), and built by a function that takes `emulate`: with it,
@@ -6,9 +6,11 @@ the thread loops become serial loops and the GPU scratch scopes become plain mem
 kernel runs on the CPU and the parity suite checks its indexing and arithmetic on a machine
 without a GPU. A thread loop never spans a step that needs another thread's data: each such step
 is its own sibling thread loop (TVM puts the barrier between them), which is also what makes the
-serial emulation exact. Buffers are declared at kernel level and indexed by the thread (and
-block) they belong to; TVM's `CompactBufferAllocation` shrinks them to one thread's registers
-(or one block's shared tile) when it lowers for the GPU.
+serial emulation exact. Scratch buffers are declared once per thread block (in a `T.sblock`
+under the `blockIdx` loop) and indexed by the thread they belong to; TVM's
+`CompactBufferAllocation` shrinks them to one thread's registers (or the block's shared tile)
+when it lowers for the GPU. (Declared outside any block, they became global-memory arguments.)
+The matmul schedules are dlight's, chosen in `gpu_schedule.py`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ NEG_LARGE = -3.0e38  # a finite stand-in for -inf: initial maxima, keys past the
 
 def make_flash_attention_kernel(heads: int, head_dim: int, scale: float, dtype: str,
                                 emulate: bool = False):
-    """`out[b, i, h*d:(h+1)*d] = softmax_j(q_i . k_j * scale) v_j` for one `(b, h)` per block.
+    """`out[b, i, h*d:(h+1)*d] = softmax_j(q_i . k_j * scale) v_j`; a block per (b, h, 64 rows).
 
     Why a kernel: the unfused graph writes the `[b, h, s, s]` score matrix to memory, reads it
     for the softmax and again for the value sum; here the scores of a tile of keys live in
