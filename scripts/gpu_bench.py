@@ -158,7 +158,9 @@ def tensorrt_runner(reference, images, dtype: str):
     return (lambda _: context.execute_async_v3(stream)), None
 
 
-def run(libs: Path, batches: list[int], runners: list[str], repeats: int, device: str) -> int:
+def run(libs: Path, models: list[str], dtypes: list[str], batches: list[int],
+        runners: list[str], repeats: int, device: str, compile_mode: str,
+        results: Path | None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -167,19 +169,19 @@ def run(libs: Path, batches: list[int], runners: list[str], repeats: int, device
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 parity against true fp32
     torch.backends.cudnn.allow_tf32 = False
     manifest = json.loads((libs / "manifest.json").read_text())
+    chosen = [t for t in manifest["towers"] if t["model"] in models and t["dtype"] in dtypes]
     sync = sync_for(torch, device)
     ceiling = matmul_ceiling(torch, device, repeats)
-    print(f"device: {describe_device(torch, device)}; matmul ceiling {ceiling:.1f} TFLOP/s",
-          flush=True)
+    machine = describe_device(torch, device)
+    print(f"device: {machine}; matmul ceiling {ceiling:.1f} TFLOP/s", flush=True)
     rows, failures = [], 0
-    for (model, dtype), towers in itertools.groupby(manifest["towers"],
-                                                   lambda t: (t["model"], t["dtype"])):
+    for (model, dtype), towers in itertools.groupby(chosen, lambda t: (t["model"], t["dtype"])):
         towers = list(towers)
         torch_dtype = getattr(torch, dtype)
         reference = randomize_(VisionTransformer(**towers[0]["config"]), seed=0)
         reference = reference.eval().to(device)
         half = copy.deepcopy(reference).to(torch_dtype)  # what eager, compile, TensorRT run
-        compiled = torch.compile(half, mode="max-autotune") if "compile" in runners else None
+        compiled = torch.compile(half, mode=compile_mode) if "compile" in runners else None
         size = towers[0]["image_size"]
         generator = torch.Generator().manual_seed(0)
         images = (torch.rand(PARITY_BATCH, 3, size, size, generator=generator) * 2 - 1)
@@ -202,10 +204,13 @@ def run(libs: Path, batches: list[int], runners: list[str], repeats: int, device
                        "batch": batch, "parity": status,
                        "gflop": batch * tower["flops_per_image"] / 1e9,
                        "tvm": median_ms(tvm_forward, inputs[batch], tvm_sync, repeats),
-                       **peers[batch]}
+                       **peers[batch], "ceiling_tflops": ceiling, "device": machine}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print_table(rows, ceiling, runners)
+                if results is not None:  # a run split over several calls: one table at the end
+                    with results.open("a") as out:
+                        out.write(json.dumps(row) + "\n")
+    print_table(rows)
     return 1 if failures else 0
 
 
@@ -246,8 +251,11 @@ def describe_device(torch, device: str) -> str:
     return f"{props.name}, CUDA {torch.version.cuda}, torch {torch.__version__}"
 
 
-def print_table(rows: list[dict], ceiling: float, runners: list[str]) -> None:
-    peers = [r for r in runners if r != "tvm"]
+def print_table(rows: list[dict]) -> None:
+    """One markdown table: a row per model, dtype, attention variant and batch."""
+    peers = [r for r in RUNNERS[1:] if any(r in row for row in rows)]
+    devices = sorted({row["device"] for row in rows})
+    print(f"\ndevice: {', '.join(devices)}; TFLOP/s and % of the fp16 matmul ceiling of its run")
     header = ["model", "dtype", "attention", "batch", "parity", "tvm ms",
               *[f"{p} ms" for p in peers], "tvm/compile", "TFLOP/s", "% ceiling"]
     print("\n| " + " | ".join(header) + " |")
@@ -258,7 +266,7 @@ def print_table(rows: list[dict], ceiling: float, runners: list[str]) -> None:
         cells = [row["model"], row["dtype"], row["attention"], str(row["batch"]), row["parity"],
                  f"{row['tvm']:.2f}", *[fmt(row.get(p)) for p in peers],
                  f"{speedup:.2f}x" if speedup else "-", f"{tflops:.3g}",
-                 f"{100 * tflops / ceiling:.0f}%"]
+                 f"{100 * tflops / row['ceiling_tflops']:.0f}%"]
         print("| " + " | ".join(cells) + " |")
     notes = {row.get("tensorrt_note") for row in rows} - {None}
     for note in notes:
@@ -271,7 +279,8 @@ def fmt(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", nargs="?", choices=["all", "build", "run"], default="all")
+    parser.add_argument("phase", nargs="?", choices=["all", "build", "run", "table"],
+                        default="all", help="table: print the table of the rows in --results")
     parser.add_argument("--libs", type=Path, default=ROOT / "build" / "gpu_bench")
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--dtypes", nargs="+", default=DTYPES,
@@ -286,13 +295,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default=None,
                         help="CUDA compute capability to build for, e.g. sm_80 (default: this "
                              "machine's GPU, else sm_90)")
+    parser.add_argument("--compile-mode", default="max-autotune",
+                        help="torch.compile mode (max-autotune takes minutes per model)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="append each row to this JSON-lines file (to split a run)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu: a smoke test of this script on a machine without a GPU")
     args = parser.parse_args(argv)
     if args.phase in ("all", "build"):
         build(args.libs, args.models, args.dtypes, args.arch, args.device, args.attention)
     if args.phase in ("all", "run"):
-        return run(args.libs, args.batches, args.runners, args.repeats, args.device)
+        return run(args.libs, args.models, args.dtypes, args.batches, args.runners,
+                   args.repeats, args.device, args.compile_mode, args.results)
+    if args.phase == "table":
+        if args.results is None or not args.results.is_file():
+            parser.error("table needs --results FILE, written by earlier runs")
+        print_table([json.loads(line) for line in args.results.read_text().splitlines()])
     return 0
 
 

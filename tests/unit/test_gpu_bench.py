@@ -12,13 +12,16 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_bench.py"
 
 
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=600)
+
+
 def test_gpu_bench_runs_on_the_cpu(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--models", "tiny", "--dtypes",
-         "float32", "float16", "--batches", "1", "--runners", "tvm", "eager", "tensorrt",
-         "--repeats", "1", "--libs", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
+    results = tmp_path / "rows.jsonl"
+    result = bench("--device", "cpu", "--models", "tiny", "--dtypes", "float32", "float16",
+                   "--batches", "1", "--runners", "tvm", "eager", "tensorrt", "--repeats", "1",
+                   "--libs", str(tmp_path), "--results", str(results))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert "tiny float32 cpu attention: parity" in result.stdout and "FAIL" not in result.stdout
@@ -26,3 +29,7 @@ def test_gpu_bench_runs_on_the_cpu(tmp_path):
     assert len(table) == 2  # one row per dtype at batch 1
     assert "tensorrt: needs a CUDA GPU" in result.stdout
     assert (tmp_path / "manifest.json").is_file()
+    # A run split over calls: the table of every row so far, from the results file.
+    table = bench("table", "--results", str(results))
+    assert table.returncode == 0, table.stderr
+    assert len([line for line in table.stdout.splitlines() if line.startswith("| tiny |")]) == 2
