@@ -3,10 +3,11 @@ epilogues), LayerNorm, RoPE, copies. dlight's rules do the work; this file picks
 
 - `schedule_for_gpu` gives each kernel the first dlight rule that applies, where dlight's own
   `ApplyDefaultSchedule` stops the build when a rule fails on a kernel.
-- dlight puts fp16 matmuls on the tensor cores (WMMA, float32 accumulators) but bf16 ones on the
-  plain cores: TVM registers no bf16 tensor intrinsics. `bf16_tensor_core_matmul` registers the
-  bf16 counterparts of the fp16 WMMA intrinsics (the same 16x16x16 tiles; Ampere and later
-  run bf16 WMMA) and runs dlight's tensor-core matmul schedule with them.
+- dlight puts fp16 matmuls on the tensor cores (WMMA, float32 accumulators; when no dimension is
+  64 or less) but bf16 ones on the plain cores: TVM registers no bf16 tensor intrinsics.
+  `BF16TensorCoreMatmul` registers the bf16 counterparts of the fp16 WMMA intrinsics (the same
+  16x16x16 tiles; Ampere and later run bf16 WMMA) and runs dlight's tensor-core matmul
+  schedule with them.
 
 The hand-written kernels (`pe_port.kernels.gpu`) carry the attribute `tirx.is_scheduled` and
 are left alone.
