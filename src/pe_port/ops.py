@@ -128,15 +128,11 @@ def patch_embed(x: nn.Tensor, weight: nn.Tensor, patch: int) -> nn.Tensor:
     """Conv2d(kernel = stride = patch, no bias) as `[b, gh * gw, width]` tokens, row-major."""
     batch, channels, height, width_px = x.shape
     width = int(weight.shape[0])
-    grid_h, grid_w = height // patch, width_px // patch
-    if _gpu():
-        # As a matmul over patches, so it runs on the tensor cores with float32 accumulation.
+    if _fast_cpu(x) or _gpu():
+        # As a matmul over patches (c, ky, kx order, as the conv weight is laid out): the CPU's
+        # dense kernel, or the GPU's tensor cores with float32 accumulation.
         flat_weight = op.reshape(weight, (width, channels * patch * patch))
         return linear(image_patches(x, patch), flat_weight, bias=None)
-    if not _fast_cpu(x):
-        patches = op.conv2d(x, weight, stride=patch)  # [b, width, gh, gw]
-        return op.permute_dims(op.reshape(patches, (batch, width, grid_h * grid_w)), [0, 2, 1])
-    # As a matmul over patches (c, ky, kx order, as the conv weight is laid out).
-    tiles = image_patches(x, patch)
-    flat_weight = op.reshape(weight, (width, channels * patch * patch))
-    return cpu.dense(tiles, flat_weight, bias=None)
+    patches = op.conv2d(x, weight, stride=patch)  # [b, width, gh, gw]
+    tokens = (height // patch) * (width_px // patch)
+    return op.permute_dims(op.reshape(patches, (batch, width, tokens)), [0, 2, 1])
