@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -63,6 +65,29 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
         if isinstance(out, tvm.runtime.Tensor):
             return out.numpy()
         return tuple(o.numpy() for o in out)
+
+    return run
+
+
+@functools.cache
+def compile_tower(config: PEConfig, dtype: str, backend: str):
+    """A whole tower's `forward` built with the `backend` kernels (`pe_port.ops.BACKENDS`) for
+    this CPU. Returns `run(weights, images)`: float32 numpy in and out, `dtype` inside."""
+    import tvm
+    from tvm import relax
+
+    from pe_port.compile import _export, build, cpu_target, transform_function_name
+    from pe_port.runtime import to_numpy_dtype
+
+    mod, specs = _export(config, dtype, (), backend)
+    vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
+    np_dtype = to_numpy_dtype(dtype)
+
+    def run(weights: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
+        params = [tvm.runtime.tensor(weights[name].astype(np_dtype)) for name, _ in specs]
+        packed = list(vm[transform_function_name("forward")](params))
+        out = vm["forward"](tvm.runtime.tensor(images.astype(np_dtype)), *packed)
+        return out.numpy().astype(np.float32)
 
     return run
 

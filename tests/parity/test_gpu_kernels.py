@@ -26,12 +26,13 @@ import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pe_port.compile import _export, build, cpu_target
+from pe_port.compile import cpu_target
 from pe_port.config import custom_config
 from pe_port.kernels.gpu import make_flash_attention_kernel
 from pe_port.runtime import to_numpy_dtype
 from tests.helpers import (
     UNIT_ROUNDOFF,
+    compile_tower,
     half_precision_limit,
     numpy_weights,
     random_images,
@@ -96,22 +97,6 @@ def test_flash_attention_softmax_survives_large_scores():
     assert rel_error(got, reference_attention(q.astype(np.float64), k, v, head_dim**-0.5)) <= 1e-5
 
 
-@functools.cache
-def emulated_tower(config, dtype: str, backend: str):
-    mod, specs = _export(config, dtype, (), backend)
-    return tvm.relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu()), specs
-
-
-def run_emulated_tower(config, dtype: str, backend: str, weights: dict,
-                       images: np.ndarray) -> np.ndarray:
-    vm, specs = emulated_tower(config, dtype, backend)
-    np_dtype = to_numpy_dtype(dtype)
-    params = [tvm.runtime.tensor(weights[name].astype(np_dtype)) for name, _ in specs]
-    packed = vm["forward_transform_params"](params)
-    out = vm["forward"](tvm.runtime.tensor(images.astype(np_dtype)), *packed)
-    return out.numpy().astype(np.float32)
-
-
 @pytest.mark.parametrize("backend", ["gpu_emulated", "gpu_unfused"])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_gpu_graph_matches_reference(dtype, backend):
@@ -126,7 +111,7 @@ def test_gpu_graph_matches_reference(dtype, backend):
             half = reference_model(config, seed=3).to(TORCH_DTYPES[dtype])
             torch_error = rel_error(
                 half(torch.from_numpy(images).to(TORCH_DTYPES[dtype])).float().numpy(), want)
-    got = run_emulated_tower(config, dtype, backend, numpy_weights(ref), images)
+    got = compile_tower(config, dtype, backend)(numpy_weights(ref), images)
     if dtype == "float32":
         assert rel_error(got, want) <= 1e-5
     else:

@@ -19,6 +19,7 @@ from pe_port.compile import cpu_target
 from pe_port.config import custom_config, get_config
 from pe_port.runtime import CompiledTower
 from tests.helpers import (
+    compile_tower,
     half_precision_limit,
     numpy_weights,
     random_images,
@@ -142,19 +143,10 @@ def backend_tower(backend: str, family: str):
     what targets other than the CPU and the GPU get), "gpu_emulated" (the GPU's graph with
     its hand-written kernels in their serial form) or "gpu_unfused" (the GPU's graph with
     attention as matmuls around a softmax)."""
-    import tvm
-    from tvm import relax
-
-    from pe_port.compile import _export, build, transform_function_name
-
     cfg = custom_config(**FAMILIES[family])
     ref = reference_model(cfg, seed=2)
-    mod, specs = _export(cfg, "float32", (), backend)
-    vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
-    weights = numpy_weights(ref)
-    params = [tvm.runtime.tensor(weights[n]) for n, _ in specs]
-    packed = list(vm[transform_function_name("forward")](params))
-    return ref, lambda images: vm["forward"](tvm.runtime.tensor(images), *packed).numpy()
+    run, weights = compile_tower(cfg, "float32", backend), numpy_weights(ref)
+    return ref, lambda images: run(weights, images)
 
 
 @settings(max_examples=12, deadline=None)
