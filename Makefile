@@ -31,10 +31,10 @@ bench-gpu: $(STAMP)
 	$(PY) scripts/gpu_bench.py
 
 demo: $(STAMP)
-	$(VENV)/bin/pe-port demo
+	$(PY) scripts/demo.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src reference tests scripts
+	$(VENV)/bin/ruff check src reference bench tests scripts cpp/scripts
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis

@@ -14,8 +14,11 @@ import argparse
 import os
 import platform
 import sys
+from pathlib import Path
 
-from pe_port.bench import RUNNERS, measure_in_subprocess, model_config
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ and reference/
+
+from bench.peers import RUNNERS, measure_in_subprocess, model_config  # noqa: E402
 from pe_port.params import forward_flops
 
 DEFAULT_MODELS = ["PE-Core-T16-384", "PE-Core-S16-384", "PE-Core-B16-224", "PE-Spatial-B16-512"]

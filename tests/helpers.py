@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 import reference
+from bench.measure import relative_error
 from pe_port.config import PEConfig
 from reference.random_weights import randomize_
 
@@ -27,11 +28,18 @@ def random_images(batch: int, height: int, width: int, seed: int) -> np.ndarray:
 
 
 def rel_error(actual: np.ndarray, expected) -> float:
-    """||actual - expected|| / ||expected||, computed in float64."""
-    expected = np.asarray(expected, dtype=np.float64)
-    actual = np.asarray(actual, dtype=np.float64)
-    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+    """||actual - expected|| / ||expected||, computed in float64; the shapes must agree."""
+    expected = np.asarray(expected)
+    assert np.shape(actual) == expected.shape, f"shape {np.shape(actual)} != {expected.shape}"
+    return relative_error(actual, expected)
+
+
+def backend_named(name: str):
+    """"cpu" (what users get on this CPU) or a test variant of `bench.backends.VARIANTS`."""
+    from bench.backends import VARIANTS
+    from pe_port.backends import CPU
+
+    return CPU if name == "cpu" else VARIANTS[name]
 
 
 def compile_component(module, inputs: dict, backend: str = "cpu"):
@@ -39,16 +47,17 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
 
     The graph is built with the `backend` kernels (the hand-written CPU ones by default) and the
     weight packing lifted into `forward_transform_params`, exactly as
-    `pe_port.compile.export_tower` does. Returns `run(weights, *args)`: weights by the module's
+    `pe_port.build.export_tower` does. Returns `run(weights, *args)`: weights by the module's
     own parameter names, tensors as numpy arrays and symbolic ints as Python ints.
     """
     import tvm
     from tvm import relax
 
     from pe_port import ops
-    from pe_port.compile import build, cpu_target, lift_weight_transforms, transform_function_name
+    from pe_port.artifact import transform_function_name
+    from pe_port.build import build, cpu_target, lift_weight_transforms
 
-    with ops.kernel_backend(backend):
+    with ops.use_backend(backend_named(backend)):
         mod, params = module.export_tvm({"forward": inputs})
     mod = lift_weight_transforms(mod)
     vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
@@ -71,15 +80,16 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
 
 @functools.cache
 def compile_tower(config: PEConfig, dtype: str, backend: str):
-    """A whole tower's `forward` built with the `backend` kernels (`pe_port.ops.BACKENDS`) for
-    this CPU. Returns `run(weights, images)`: float32 numpy in and out, `dtype` inside."""
+    """A whole tower's `forward` built with the `backend` kernels (`backend_named`) for this
+    CPU. Returns `run(weights, images)`: float32 numpy in and out, `dtype` inside."""
     import tvm
     from tvm import relax
 
-    from pe_port.compile import _export, build, cpu_target, transform_function_name
+    from pe_port.artifact import transform_function_name
+    from pe_port.build import build, cpu_target, export_tower
     from pe_port.runtime import to_numpy_dtype
 
-    mod, specs = _export(config, dtype, (), backend)
+    mod, specs = export_tower(config, dtype, (), backend_named(backend))
     vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
     np_dtype = to_numpy_dtype(dtype)
 

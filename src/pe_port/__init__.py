@@ -1,8 +1,13 @@
-"""pe-port: Meta's Perception Encoder vision towers written by hand for Apache TVM."""
+"""pe-port: Meta's Perception Encoder vision towers written by hand for Apache TVM.
+
+`load` and `Encoder` are imported on first use: `import pe_port` (and `pe-port list`) does not
+pay for importing TVM.
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from pe_port.api import Encoder, load  # noqa: E402
 from pe_port.config import (  # noqa: E402
     MODEL_NAMES,
     PE_VISION_CONFIG,
@@ -10,7 +15,17 @@ from pe_port.config import (  # noqa: E402
     custom_config,
     get_config,
 )
-from pe_port.preprocess import preprocess  # noqa: E402
+
+_LAZY = {"load": "pe_port.api", "Encoder": "pe_port.runtime", "preprocess": "pe_port.preprocess"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pe_port' has no attribute {name!r}")
+
 
 __all__ = [
     "MODEL_NAMES",

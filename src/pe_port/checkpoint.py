@@ -16,13 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pe_port.errors import UserError
+from pe_port.errors import CheckpointError
 
 VISUAL_PREFIX = "visual."
 
-
-class CheckpointError(UserError):
-    """A checkpoint that is missing, unreadable, or does not fit the model."""
 
 
 def hub_repo(name: str) -> str:
@@ -79,7 +76,13 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"reading {path.name} (a PyTorch file) needs PyTorch: pip install 'pe-port[torch]', "
+            "or convert it once where PyTorch is installed: pe-port convert CKPT.pt "
+            "OUT.safetensors") from None
 
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)

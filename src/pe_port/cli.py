@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pe_port.config import MODEL_NAMES
+from pe_port.config import DTYPES, MODEL_NAMES
 from pe_port.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -61,34 +61,55 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         pixels = check_images(_read_npy(Path(args.input[0])), config)
     else:
         pixels = preprocess(_image_files(args.input), config.image_size, args.center_crop)
-    encoder = load(args.model, args.checkpoint, args.target, args.dtype)
+    encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch)
     if args.features:
         result = encoder.forward_features(pixels, layer_idx=args.layer_idx, norm=args.norm,
                                           strip_cls_token=args.strip_cls)
     else:
         result = encoder(pixels)
+    if not np.isfinite(result).all():
+        raise UserError(f"the model produced NaN or Inf for this input ({args.dtype}); "
+                        f"nothing written to {output}")
     _save_npy_atomically(output, result)
     print(f"pe-port: wrote {output} {result.shape}", file=sys.stderr)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pe_port.api import check_feature_variants, load
+    from pe_port.api import load
+    from pe_port.artifact import check_export_destination, check_feature_variants
     from pe_port.config import get_config
 
-    out = Path(args.output)
-    _check_writable_dir(out.parent if str(out.parent) else Path("."))
+    out = Path(args.output).absolute()
+    check_export_destination(out)  # never replaces anything but an earlier artifact
+    _check_writable_dir(out.parent)
     check_feature_variants(args.features_variant, get_config(args.model).layers)  # before loading
-    encoder = load(args.model, args.checkpoint, args.target, args.dtype)
+    # Exporting is a (cross-)compile: the target's device need not be on this machine.
+    encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch,
+                   require_device=False)
     encoder.export(out, feature_variants=args.features_variant)
-    print(f"pe-port: exported {args.model} to {out}", file=sys.stderr)
+    print(f"pe-port: exported {args.model} for {encoder.target.kind.name} to {out}",
+          file=sys.stderr)
     return 0
 
 
-def _cmd_demo(_args: argparse.Namespace) -> int:
-    from pe_port.demo import run_demo
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """A `.pt` checkpoint to `.safetensors` (the vision keys, as float32), so that a deployment
+    never needs PyTorch."""
+    from safetensors.numpy import save_file
 
-    return 0 if run_demo() <= 1e-4 else 1
+    from pe_port.checkpoint import read_vision_weights
+
+    output = Path(args.output)
+    if output.suffix != ".safetensors":
+        raise UserError(f"output {output} must end with .safetensors")
+    if output.is_dir():
+        raise UserError(f"output {output} is a folder")
+    _check_writable_dir(output.parent.absolute())
+    weights = read_vision_weights(args.checkpoint)
+    _write_atomically(output, lambda path: save_file(weights, str(path)))
+    print(f"pe-port: wrote {output} ({len(weights)} tensors)", file=sys.stderr)
+    return 0
 
 
 def _feature_variant(text: str) -> tuple[int, bool, bool]:
@@ -160,11 +181,27 @@ def _checked_output_file(output: str) -> Path:
 
 
 def _save_npy_atomically(path: Path, array: np.ndarray) -> None:
-    handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
+    def write(staged: Path) -> None:
+        with open(staged, "wb") as stream:
             np.save(stream, array)
+
+    _write_atomically(path, write)
+
+
+def _write_atomically(path: Path, write) -> None:
+    """`write(staged)` next to `path`, then rename: a failed run leaves no file. The file gets
+    the user's umask (mkstemp makes it 0600); a full disk is one error line."""
+    from pe_port.artifact import current_umask
+
+    handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(staged))
+        os.chmod(staged, 0o666 & ~current_umask())
         os.replace(staged, path)
+    except OSError as err:
+        Path(staged).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise
@@ -212,15 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_options(export)
     export.set_defaults(run=_cmd_export)
 
-    commands.add_parser("demo", help="compile PE-Core-T16-384 and run the sample image"
-                        ).set_defaults(run=_cmd_demo)
+    convert = commands.add_parser(
+        "convert", help="a .pt checkpoint to .safetensors (then no PyTorch is needed)")
+    convert.add_argument("checkpoint", metavar="CKPT.pt")
+    convert.add_argument("output", metavar="OUT.safetensors")
+    convert.set_defaults(run=_cmd_convert)
     return parser
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32",
-                        choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--arch", metavar="sm_XY",
+                        help="the GPU generation of a cuda target (default: this machine's "
+                             "GPU, else sm_90), e.g. sm_87 for Jetson Orin")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from pe_port.errors import UserError
+from pe_port.errors import ConfigError
 
 POOL_TYPES = ("attn", "tok", "avg", "none")
-
-
-class ConfigError(UserError):
-    """A configuration that no PE model can have (or a name that no official model has)."""
+# The activation dtypes a tower compiles for (matmuls accumulate in float32 in all of them).
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)

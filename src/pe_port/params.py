@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-import math
-
 from pe_port.config import PEConfig
 
 
 def parameter_count(config: PEConfig) -> int:
-    """Number of weights in the vision tower (what the official state dict holds)."""
-    import torch
-
-    from reference import VisionTransformer
-
-    with torch.device("meta"):
-        tower = VisionTransformer(**config.as_kwargs())
-    return sum(math.prod(p.shape) for p in tower.parameters())
+    """Number of weights in the vision tower (what the official state dict holds), counted from
+    the config alone: `pe-port list` needs neither PyTorch nor TVM. The tests check it
+    against the tower's parameters for every official config."""
+    w, mlp = config.width, config.mlp_width
+    linear = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731  weight and bias
+    block = linear(w, 3 * w) + linear(w, w) + 2 * 2 * w + linear(w, mlp) + linear(mlp, w)
+    block += 2 * w if config.use_layer_scale else 0
+    count = 3 * config.patch_size**2 * w + config.layers * block
+    count += w if config.use_cls_token else 0
+    count += config.num_pos * w if config.use_abs_posemb else 0
+    count += 2 * w * (int(config.use_ln_pre) + int(config.use_ln_post))
+    if config.pool_type == "attn":
+        count += w + linear(w, 3 * w) + linear(w, w) + 2 * w + linear(w, 4 * w) + linear(4 * w, w)
+    count += w * config.output_dim if config.output_dim is not None else 0
+    return count
 
 
 def forward_flops(config: PEConfig, batch: int, height: int, width: int) -> int:

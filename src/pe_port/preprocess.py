@@ -11,14 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pe_port.errors import UserError
+from pe_port.errors import ImageError
 
 MEAN = 0.5
 STD = 0.5
 
-
-class ImageError(UserError):
-    """An image file that cannot be read or decoded."""
 
 
 def load_image(path: str | Path) -> Image.Image:

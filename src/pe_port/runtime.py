@@ -1,43 +1,41 @@
-"""A compiled tower with its weights on a device, callable like the original module."""
+"""`Encoder`: one compiled PE vision tower with its weights, callable like the original module.
+
+The library comes from the compile cache (`cache.py`), keyed without building the graph, so a
+warm `pe_port.load` is a hash, a `dlopen` and the weight upload. The weights reach the device
+when the encoder first runs: an encoder for a target this machine cannot run (CUDA on a
+machine without a GPU) still exports its artifact.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from pe_port.compile import (
-    build,
-    export_tower,
-    features_function_name,
-    is_gpu,
+from pe_port.artifact import (
+    DEFAULT_FEATURES,
+    FeatureVariant,
+    check_feature_variants,
+    extra_variants,
     transform_function_name,
+    write_artifact,
 )
+from pe_port.backends import for_target
 from pe_port.config import PEConfig
-from pe_port.errors import UserError
-from pe_port.threads import configure_tvm_threads
+from pe_port.errors import DeviceError, InputError, WeightError
+from pe_port.preprocess import MEAN, STD, preprocess
 
-configure_tvm_threads()  # before the first kernel: TVM sizes its pool only once
-
-
-class InputError(UserError):
-    """Input the tower cannot take (wrong rank, channels, size, dtype, or non-finite values)."""
-
-
-class DeviceError(UserError):
-    """The target's device is not on this machine."""
-
-
-class WeightError(UserError):
-    """Weights that do not fit the config: missing, unexpected or wrongly shaped keys."""
+Progress = Callable[[str], None] | None
 
 
 def check_weights(
     expected: list[tuple[str, tuple[int, ...]]], weights: Mapping[str, np.ndarray]
 ) -> None:
-    """Every expected key present with its shape and no other key; the error names them all."""
+    """Every expected key present with its shape, finite, and no other key; the error names
+    every problem."""
     problems = []
     expected_names = {name for name, _ in expected}
     missing = [name for name, _ in expected if name not in weights]
@@ -53,6 +51,9 @@ def check_weights(
             )
     if problems:
         raise WeightError("weights do not match the config: " + "; ".join(problems))
+    not_finite = [name for name, _ in expected if not np.isfinite(weights[name]).all()]
+    if not_finite:
+        raise WeightError(f"weights hold NaN or Inf: {', '.join(not_finite)}")
 
 
 def check_images(images: np.ndarray, config: PEConfig) -> np.ndarray:
@@ -84,88 +85,141 @@ def to_numpy_dtype(dtype: str):
     return np.dtype(dtype)
 
 
-class CompiledTower:
-    """`forward` and `forward_features` of one config, compiled for one target and dtype."""
+class Encoder:
+    """A compiled PE vision tower with its weights: call it like the official module.
 
-    def __init__(
-        self,
-        config: PEConfig,
-        target: tvm.target.Target,
-        dtype: str,
-        weights: Mapping[str, np.ndarray],
-        executable: relax.VMExecutable | None = None,
-        compile_fn: Callable[[tvm.IRModule, tvm.target.Target], relax.VMExecutable] = build,
-    ) -> None:
+    `__call__` is `forward`, `forward_features` takes the official options; each
+    `forward_features` variant other than the default is compiled (or taken from the cache) on
+    first use. Build one with `pe_port.load`.
+    """
+
+    def __init__(self, name: str, config: PEConfig, target: tvm.target.Target, dtype: str,
+                 weights: Mapping[str, np.ndarray], progress: Progress = None) -> None:
+        from pe_port.build import param_specs
+
+        self.name = name
         self.config = config
         self.target = target
         self.dtype = dtype
-        self._compile = compile_fn
-        self.device = tvm.cuda(0) if is_gpu(target) else tvm.cpu(0)
-        if not self.device.exist:  # before compiling: that takes a while
-            raise DeviceError(f"target {target.kind.name} needs a CUDA GPU and this machine has "
-                              "none visible (TVM cross-compiles for CUDA without one: "
-                              "pe_port.compile.build)")
-        mod, self.param_specs = export_tower(config, dtype, target=target)
+        self.param_specs = param_specs(config, dtype)
         check_weights(self.param_specs, weights)
-        self.executable = executable if executable is not None else compile_fn(mod, target)
-        np_dtype = to_numpy_dtype(dtype)
-        self._params = [
-            tvm.runtime.tensor(np.asarray(weights[name], dtype=np.float32).astype(np_dtype),
-                               self.device)
-            for name, _ in self.param_specs
-        ]
-        # Exported function name -> the VM that holds it, and the weights in the layout it
-        # reads (packed on first use; `forward` now, so its first call is not slower).
+        self._weights = {n: np.asarray(weights[n], dtype=np.float32) for n, _ in self.param_specs}
+        self._progress = progress
+        self._device: tvm.runtime.Device | None = None
+        self._params: list | None = None
+        # Exported function name -> its VM, and the weights in the layout it reads.
         self._vms: dict[str, relax.VirtualMachine] = {}
-        self._weights: dict[str, list] = {}
-        self._load(self.executable, ["forward", "forward_features"])
-        self._packed_weights("forward")
+        self._packed: dict[str, list] = {}
 
-    def _load(self, executable: relax.VMExecutable, names: list[str]) -> None:
-        vm = relax.VirtualMachine(executable, self.device)
-        for name in names:
-            self._vms[name] = vm
+    # ---- libraries --------------------------------------------------------------------------
+    def library(self, variants: Sequence[FeatureVariant] = ()) -> Path:
+        """The compiled library holding `forward`, `forward_features` and `variants`: from the
+        compile cache, built on a miss."""
+        from pe_port import cache
 
-    def _packed_weights(self, name: str) -> list:
-        """The weights as function `name` takes them: its `<name>_transform_params` run once."""
-        if name not in self._weights:
-            transform = self._vms[name][transform_function_name(name)]
-            self._weights[name] = list(transform(self._params))
-        return self._weights[name]
+        variants = tuple(variants)
+        backend = for_target(self.target)
+        key = cache.cache_key(self.config, self.dtype, variants, str(self.target), backend.name)
 
-    def _function(self, name: str, variant: tuple[bool, int, bool] | None):
+        def write(path: Path) -> None:
+            from pe_port.build import build_tower
+
+            build_tower(self.config, self.dtype, self.target, variants).export_library(str(path))
+
+        return cache.get_or_build(key, write, self._progress,
+                                  what=f"{self.name} for {self.target.kind.name}")
+
+    @property
+    def device(self) -> tvm.runtime.Device:
+        """Where the encoder runs; checked on first use (exporting does not need it)."""
+        if self._device is None:
+            device = for_target(self.target).device(self.target)
+            if not device.exist:
+                raise DeviceError(
+                    f"target {self.target.kind.name} needs a {self.target.kind.name.upper()} "
+                    "device and this machine has none visible (export works without one)")
+            self._device = device
+        return self._device
+
+    def prepare(self) -> Encoder:
+        """Compile or load `forward` and put the weights on the device now, not at the first
+        call (what `pe_port.load` does)."""
+        self._function(DEFAULT_FEATURES, "forward")
+        return self
+
+    def _function(self, variant: FeatureVariant, name: str):
         if name not in self._vms:
-            mod, _ = export_tower(self.config, self.dtype, feature_variants=(variant,),
-                                  target=self.target)
-            self._load(self._compile(mod, self.target), [name])
-        vm, weights = self._vms[name], self._packed_weights(name)
-        return lambda x: vm[name](x, *weights)
+            extra = extra_variants([variant], self.config.layers)
+            library = self.library(extra)
+            device = self.device
+            vm = relax.VirtualMachine(
+                relax.VMExecutable(tvm.runtime.load_module(str(library))), device)
+            for function in ("forward", "forward_features", name):
+                self._vms.setdefault(function, vm)
+        if name not in self._packed:
+            if self._params is None:
+                np_dtype = to_numpy_dtype(self.dtype)
+                self._params = [tvm.runtime.tensor(self._weights[n].astype(np_dtype),
+                                                   self.device) for n, _ in self.param_specs]
+            transform = self._vms[name][transform_function_name(name)]
+            self._packed[name] = list(transform(self._params))
+        vm, packed = self._vms[name], self._packed[name]
+        return lambda x: vm[name](x, *packed)
 
-    def params_numpy(self) -> list[np.ndarray]:
-        """The weights as stored on the device, in the order of `param_specs`."""
-        return [param.numpy() for param in self._params]
-
-    def check_images(self, images: np.ndarray) -> np.ndarray:
-        return check_images(images, self.config)
-
-    def _run(self, name: str, images: np.ndarray, variant=None) -> np.ndarray:
-        images = self.check_images(images)
+    # ---- running ----------------------------------------------------------------------------
+    def _run(self, variant: FeatureVariant, name: str, images: np.ndarray) -> np.ndarray:
+        images = check_images(images, self.config)
+        function = self._function(variant, name)
         x = tvm.runtime.tensor(images.astype(to_numpy_dtype(self.dtype)), self.device)
-        out = self._function(name, variant)(x)
-        return out.numpy().astype(np.float32)
+        return function(x).numpy().astype(np.float32)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """What the official `forward` returns."""
-        return self._run("forward", images)
+        """`(N, 3, H, W)` float32 pre-processed pixels -> what the official `forward` returns."""
+        return self._run(DEFAULT_FEATURES, "forward", images)
 
-    def forward_features(
-        self,
-        images: np.ndarray,
-        layer_idx: int = -1,
-        norm: bool = False,
-        strip_cls_token: bool = False,
-    ) -> np.ndarray:
-        """What the official `forward_features` returns (tokens of block `layer_idx`)."""
+    def forward_features(self, images: np.ndarray, layer_idx: int = -1, norm: bool = False,
+                         strip_cls_token: bool = False) -> np.ndarray:
+        """The tokens after block `layer_idx`, as the official `forward_features` returns them."""
+        (variant,) = check_feature_variants([(layer_idx, norm, strip_cls_token)],
+                                            self.config.layers)
+        return self._run(variant, variant.function_name(self.config.layers), images)
+
+    def preprocess(self, paths: Sequence[str | Path], center_crop: bool = False) -> np.ndarray:
+        return preprocess(list(paths), self.config.image_size, center_crop)
+
+    def encode_images(self, paths: Sequence[str | Path], center_crop: bool = False) -> np.ndarray:
+        """Pre-process image files with the official transform and run `forward`."""
+        return self(self.preprocess(paths, center_crop))
+
+    # ---- export -----------------------------------------------------------------------------
+    def export(self, out_dir: str | Path, feature_variants: Sequence = ()) -> Path:
+        """Write library, weights and metadata for the C++ runner (`artifact.py`); all or
+        nothing, and never over anything but an earlier artifact.
+
+        The library always holds `forward` and the default `forward_features`; each
+        `(layer_idx, norm, strip_cls_token)` in `feature_variants` adds that variant. The
+        library is copied from the compile cache, not compiled again; the target's device is
+        not needed (CUDA artifacts are built on machines without a GPU).
+        """
+        import tvm as _tvm
+
+        from pe_port import __version__
+        from pe_port.artifact import check_export_destination
+
         layers = self.config.layers
-        name = features_function_name(norm, layer_idx, strip_cls_token, layers)
-        return self._run(name, images, variant=(norm, layer_idx, strip_cls_token))
+        variants = extra_variants(check_feature_variants(feature_variants, layers), layers)
+        check_export_destination(Path(out_dir).absolute())  # before a compile, not after
+        np_dtype = to_numpy_dtype(self.dtype)
+        return write_artifact(
+            Path(out_dir),
+            library=self.library(variants),
+            model=self.name,
+            config=self.config,
+            dtype=self.dtype,
+            target=str(self.target),
+            versions={"tvm_version": _tvm.__version__, "pe_port_version": __version__},
+            variants=variants,
+            params=[(n, self._weights[n].astype(np_dtype)) for n, _ in self.param_specs],
+            preprocess={"image_size": self.config.image_size, "resize": "bilinear",
+                        "mean": [MEAN] * 3, "std": [STD] * 3, "layout": "NCHW"},
+        )

@@ -15,12 +15,16 @@ from pathlib import Path
 THREAD_VARIABLES = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
 
 
-def physical_cores(cpus: set[int] | None = None) -> int:
-    """Physical cores among `cpus` (default: the CPUs this process may run on)."""
+SYSFS_CPUS = Path("/sys/devices/system/cpu")
+
+
+def physical_cores(cpus: set[int] | None = None, sysfs: Path = SYSFS_CPUS) -> int:
+    """Physical cores among `cpus` (default: the CPUs this process may run on): CPUs that
+    list the same SMT siblings in `sysfs` count once."""
     cpus = cpus if cpus is not None else os.sched_getaffinity(0)
     cores = set()
     for cpu in cpus:
-        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        siblings = sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list"
         try:
             cores.add(siblings.read_text().strip())
         except OSError:  # no sysfs (containers without it, other OSes): count the CPU itself

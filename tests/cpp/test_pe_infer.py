@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 import pe_port
-from pe_port.api import EXPORT_FORMAT_VERSION
-from pe_port.compile import features_function_name
+from pe_port.artifact import FORMAT_VERSION as EXPORT_FORMAT_VERSION
+from pe_port.artifact import FeatureVariant
 from tests.cpp.conftest import SMALL_MODEL, VARIANT, run_pe_infer
 from tests.helpers import random_images, rel_error
 
@@ -79,7 +79,7 @@ def test_a_variant_not_exported_is_a_clear_error(pe_infer, t16_artifact, pixels,
     out = tmp_path / "tok.npy"
     done = run_pe_infer(pe_infer, t16_artifact, pixels, out, "--features", "--layer-idx", "3")
     assert done.returncode == 2 and not out.exists()
-    missing = features_function_name(False, 3, False, 12)
+    missing = FeatureVariant(3, False, False).function_name(12)
     assert f"has no {missing}" in done.stderr
     assert "forward, forward_features, forward_features_norm1_layer10_strip1" in done.stderr
     assert "--features-variant 3" in done.stderr
@@ -110,7 +110,7 @@ def test_images_match_the_python_api(pe_infer, cpp_build, t16_artifact, t16_enco
 def test_metadata_records_what_pe_infer_checks(t16_artifact):
     meta = json.loads((t16_artifact / "metadata.json").read_text())
     assert meta["format_version"] == EXPORT_FORMAT_VERSION and meta["model"] == SMALL_MODEL
-    name = features_function_name(VARIANT[1], VARIANT[0], VARIANT[2], 12)
+    name = FeatureVariant(*VARIANT).function_name(12)
     assert meta["functions"] == ["forward", "forward_features", name]
     assert meta["feature_variants"] == [
         {"function": name, "layer_idx": 10, "norm": True, "strip_cls_token": True}]

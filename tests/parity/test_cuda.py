@@ -19,9 +19,10 @@ import subprocess
 import pytest
 import tvm
 
-from pe_port.compile import build, cuda_target, export_tower
+from bench.backends import UnfusedAttentionGpuBackend
+from pe_port.build import build, build_tower, cuda_target, export_tower
 from pe_port.config import custom_config
-from pe_port.kernels.gpu import make_flash_attention_kernel
+from pe_port.kernels.attention import make_flash_attention_kernel
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 has_gpu = tvm.cuda(0).exist
@@ -42,8 +43,7 @@ def cuda_source(executable) -> str:
 
 @functools.cache
 def built_tower(dtype: str, arch: str):
-    mod, _ = export_tower(TENSOR_CORE_CONFIG, dtype, target=cuda_target(arch))
-    return build(mod, cuda_target(arch))
+    return build_tower(TENSOR_CORE_CONFIG, dtype, cuda_target(arch))
 
 
 @needs_nvcc
@@ -72,7 +72,7 @@ def test_unfused_attention_variant_cross_compiles():
     kernel by scripts/gpu_bench.py --attention. Not bf16: TVM fails to lower the fused bf16
     softmax (docs/porting.md)."""
     target = cuda_target("sm_80")
-    mod, _ = export_tower(TENSOR_CORE_CONFIG, "float16", target=target, backend="gpu_unfused")
+    mod, _ = export_tower(TENSOR_CORE_CONFIG, "float16", (), UnfusedAttentionGpuBackend())
     source = cuda_source(build(mod, target))
     assert "flash_attention" not in source and "softmax" in source
 
@@ -98,7 +98,7 @@ def test_flash_attention_fits_in_registers(dtype, tmp_path):
 def test_tower_matches_reference_on_the_gpu(dtype):
     import torch
 
-    from pe_port.runtime import CompiledTower
+    from pe_port.runtime import Encoder
     from tests.helpers import (
         half_precision_limit,
         numpy_weights,
@@ -109,7 +109,7 @@ def test_tower_matches_reference_on_the_gpu(dtype):
 
     cfg = custom_config()
     ref = reference_model(cfg)
-    tower = CompiledTower(cfg, cuda_target(), dtype, numpy_weights(ref))
+    tower = Encoder("custom", cfg, cuda_target(), dtype, numpy_weights(ref))
     images = random_images(2, 32, 48, seed=0)
     with torch.no_grad():
         want = ref(torch.from_numpy(images).double()).numpy()

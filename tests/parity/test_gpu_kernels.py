@@ -26,9 +26,9 @@ import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pe_port.compile import cpu_target
+from pe_port.build import cpu_target
 from pe_port.config import custom_config
-from pe_port.kernels.gpu import make_flash_attention_kernel
+from pe_port.kernels.attention import make_flash_attention_kernel
 from pe_port.runtime import to_numpy_dtype
 from tests.helpers import (
     UNIT_ROUNDOFF,

@@ -15,9 +15,9 @@ import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pe_port.compile import cpu_target
+from pe_port.build import cpu_target
 from pe_port.config import custom_config, get_config
-from pe_port.runtime import CompiledTower
+from pe_port.runtime import Encoder
 from tests.helpers import (
     compile_tower,
     half_precision_limit,
@@ -48,7 +48,7 @@ FAMILIES = {
 def small_tower(family: str, seed: int = 0):
     cfg = custom_config(**FAMILIES[family])
     ref = reference_model(cfg, seed)
-    return ref, CompiledTower(cfg, cpu_target(), "float32", numpy_weights(ref))
+    return ref, Encoder("custom", cfg, cpu_target(), "float32", numpy_weights(ref))
 
 
 def reference_forward(ref, images: np.ndarray, **features) -> np.ndarray:
@@ -108,8 +108,8 @@ def test_every_parameter_changes_the_output():
     for name in weights:
         perturbed = dict(weights)
         perturbed[name] = weights[name] + 0.5 * np.sign(weights[name] + 1e-3)
-        moved = CompiledTower(tower.config, tower.target, "float32", perturbed,
-                              executable=tower.executable)(images)
+        # Same config and target: the library comes from the compile cache.
+        moved = Encoder("custom", tower.config, tower.target, "float32", perturbed)(images)
         assert rel_error(moved, baseline) > 100 * TOLERANCE, f"{name} has no effect"
 
 
@@ -117,7 +117,7 @@ def test_every_parameter_changes_the_output():
 def real_tower(name: str):
     cfg = get_config(name)
     ref = reference_model(cfg, seed=1)
-    return ref, CompiledTower(cfg, cpu_target(), "float32", numpy_weights(ref))
+    return ref, Encoder("custom", cfg, cpu_target(), "float32", numpy_weights(ref))
 
 
 @pytest.mark.slow
@@ -175,11 +175,11 @@ def test_cpu_kernels_on_a_baseline_cpu_match_reference(batch, grid_h, grid_w, se
 
 
 @functools.cache
-def baseline_tower() -> CompiledTower:
+def baseline_tower() -> Encoder:
     ref, tower = small_tower("core")
     baseline = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
                                   "mcpu": "x86-64"})
-    return CompiledTower(tower.config, baseline, "float32", numpy_weights(ref))
+    return Encoder("custom", tower.config, baseline, "float32", numpy_weights(ref))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -188,7 +188,7 @@ def test_half_precision_on_the_cpu_matches_reference(dtype):
     Tolerance: `half_precision_limit`, as for the GPU graph."""
     cfg = custom_config(**FAMILIES["core"])
     ref = reference_model(cfg, seed=4)
-    tower = CompiledTower(cfg, cpu_target(), dtype, numpy_weights(ref))
+    tower = Encoder("custom", cfg, cpu_target(), dtype, numpy_weights(ref))
     images = random_images(2, 32, 24, seed=5)
     want = reference_forward(ref, images)
     torch_dtype = getattr(torch, dtype)

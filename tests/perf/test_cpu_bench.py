@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from pe_port.bench import RUNNERS, SMALL_MODEL, make_runner
+from bench.peers import RUNNERS, SMALL_MODEL, make_runner
 
 # Unset (as in `make test`): the tiny smoke-test tower only. `make bench` names the real ones.
 MODELS = os.environ.get("PE_BENCH_MODELS", "tiny").split(",")

@@ -7,6 +7,8 @@ image sizes (the compiled module takes any multiple of the patch) to keep the su
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -17,7 +19,7 @@ import tvm
 from PIL import Image
 
 import pe_port
-from pe_port.api import EXPORT_FORMAT_VERSION
+from pe_port.artifact import FORMAT_VERSION
 from pe_port.cli import main
 from tests.conftest import SMALL_MODEL
 from tests.helpers import random_images, rel_error
@@ -82,7 +84,7 @@ def test_encode_images_preprocesses_then_runs_forward(encoder, tmp_path):
 def test_export_writes_library_weights_and_metadata(encoder, tmp_path, t16_state_dict):
     out = encoder.export(tmp_path / "artifact")
     meta = json.loads((out / "metadata.json").read_text())
-    assert meta["model"] == SMALL_MODEL and meta["format_version"] == EXPORT_FORMAT_VERSION
+    assert meta["model"] == SMALL_MODEL and meta["format_version"] == FORMAT_VERSION
     assert (out / "model.so").stat().st_size > 0
     blob = (out / "weights.bin").read_bytes()
     first = meta["params"][0]
@@ -182,8 +184,10 @@ def test_cli_bad_input_exits_2_with_one_clear_line(case, t16_checkpoint, tmp_pat
     assert code == 2
     assert err.startswith("pe-port: error: ") and len(err.strip().splitlines()) == 1
     assert __import__("re").search(message, err), err
-    assert not output.exists() and not list(output.parent.glob(".out.npy*")) \
-        if output.parent.exists() else True
+    if output.parent.exists():
+        assert not output.exists() and not list(output.parent.glob(".out.npy*"))
+    else:
+        assert not output.parent.parent.exists()  # no folder was made on the way either
 
 
 def _damaged(tmp_path, checkpoint, half: bool):
@@ -201,3 +205,61 @@ def test_cli_process_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "unknown model" in result.stderr
+
+
+# ---- export never deletes what it did not write -----------------------------------------------
+
+def _user_folder(tmp_path):
+    folder = tmp_path / "thesis"
+    (folder / "chapters").mkdir(parents=True)
+    (folder / "thesis.txt").write_text("years of work")
+    (folder / "chapters" / "one.txt").write_text("chapter one")
+    return folder
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else b"")
+                  for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["folder", "file", "symlink", "cwd"])
+def test_cli_export_refuses_to_replace_what_is_not_an_artifact(
+        kind, t16_checkpoint, tmp_path, capsys, monkeypatch):
+    folder = _user_folder(tmp_path)
+    target = {"folder": folder, "file": folder / "thesis.txt", "cwd": ".",
+              "symlink": tmp_path / "link"}[kind]
+    if kind == "symlink":
+        target.symlink_to(folder)
+    if kind == "cwd":
+        monkeypatch.chdir(folder)
+    before = _tree(tmp_path)
+    code = run_cli("export", SMALL_MODEL, "--checkpoint", t16_checkpoint, "-o", target)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("pe-port: error: ") and len(err.splitlines()) == 1, err
+    assert _tree(tmp_path) == before  # untouched, and nothing (no .old, no staging) added
+
+
+def test_export_replaces_an_older_artifact_and_leaves_nothing_behind(encoder, tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        first = encoder.export(tmp_path / "artifact")
+        (tmp_path / "empty").mkdir()
+        encoder.export(tmp_path / "empty")  # an empty folder is filled
+        (first / "weights.bin").write_bytes(b"stale")
+        second = encoder.export(tmp_path / "artifact")
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "empty"]
+    assert (second / "weights.bin").read_bytes() != b"stale"
+    assert stat.S_IMODE(second.stat().st_mode) == 0o755  # the user's umask, not mkdtemp's 0700
+
+
+def test_cli_encode_output_gets_the_users_umask(encoder, t16_checkpoint, pixels_npy, tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        out = tmp_path / "emb.npy"
+        assert run_cli("encode", SMALL_MODEL, "--checkpoint", t16_checkpoint,
+                       "--input", pixels_npy, "--output", out) == 0
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # not mkstemp's 0600

@@ -7,15 +7,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from pe_port.build import export_tower
 from pe_port.checkpoint import (
     CheckpointError,
     cached_checkpoint,
     download_checkpoint,
     read_vision_weights,
 )
-from pe_port.compile import export_tower
 from pe_port.config import get_config
-from pe_port.runtime import WeightError, check_weights
+from pe_port.errors import WeightError
+from pe_port.runtime import check_weights
 from tests.conftest import SMALL_MODEL, official_state_dict
 
 

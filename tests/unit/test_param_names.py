@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import reference
-from pe_port.compile import export_tower
+from pe_port.build import export_tower
 from pe_port.config import MODEL_NAMES, custom_config, get_config
 
 

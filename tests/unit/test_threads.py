@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from pe_port.threads import default_thread_count, physical_cores
@@ -27,7 +25,23 @@ def test_unusable_variable_falls_back_to_cores(monkeypatch, value):
     assert default_thread_count() == physical_cores()
 
 
-def test_physical_cores_counts_smt_siblings_once():
-    cpus = os.sched_getaffinity(0)
-    assert 1 <= physical_cores(cpus) <= len(cpus)
-    assert physical_cores({min(cpus)}) == 1
+def fake_sysfs(root, siblings: dict[int, str]):
+    for cpu, listed in siblings.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "thread_siblings_list").write_text(listed + "\n")
+    return root
+
+
+def test_physical_cores_counts_smt_siblings_once(tmp_path):
+    # Four logical CPUs on two cores (0,2 and 1,3 share a core), as sysfs lists them.
+    sysfs = fake_sysfs(tmp_path, {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"})
+    assert physical_cores({0, 1, 2, 3}, sysfs) == 2
+    assert physical_cores({0, 2}, sysfs) == 1
+    assert physical_cores({0, 1}, sysfs) == 2
+
+
+def test_physical_cores_without_smt_or_sysfs(tmp_path):
+    sysfs = fake_sysfs(tmp_path, {0: "0", 1: "1"})
+    assert physical_cores({0, 1}, sysfs) == 2
+    assert physical_cores({0, 1, 5}, tmp_path / "missing") == 3  # no sysfs: each CPU counts

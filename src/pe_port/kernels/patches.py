@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
 
-def image_patches(x: nn.Tensor, patch: int) -> nn.Tensor:
+@functools.cache  # one parse per channel count, patch and dtype
+def make_image_patches_kernel(channels: int, patch: int, dtype: str):
     """`[b, c, h, w]` pixels to `[b, (h / p) (w / p), c p p]` rows, one per patch, each in the
     `(c, ky, kx)` order of the conv weight: the patch embedding becomes a `dense`.
 
     Written as a kernel because the same gather as reshape/permute/reshape legalizes to loops
     whose every index is a chain of 64-bit divisions by symbolic sizes (20 ms at batch 8, 384px).
+    Blocks, not loops: `schedule_cpu` parallelises it, dlight's fallback rule binds it to GPU
+    threads (and TVM's reshape detection, which inspects every one-in one-out kernel of equal
+    size, needs blocks to read).
     """
-    batch, channels, image_h, image_w = x.shape
-    channels = int(channels)
-    dtype = x.dtype
 
-    # Blocks, not loops: `schedule_for_cpu` parallelises it, dlight's fallback rule binds it to
-    # GPU threads (and TVM's reshape detection, which inspects every one-in one-out kernel of
-    # equal size, needs blocks to read).
     @T.prim_func(private=True, s_tir=True)
     def patches(var_x: T.handle, var_out: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.noalias": True})
@@ -38,7 +38,14 @@ def image_patches(x: nn.Tensor, patch: int) -> nn.Tensor:
                 out[vb, vy * (width // patch) + vx, (vc * patch + vky) * patch + vkx] = pixels[
                     vb, vc, vy * patch + vky, vx * patch + vkx]
 
+    return patches
+
+
+def image_patches(x: nn.Tensor, patch: int) -> nn.Tensor:
+    """The patch rows of `x` (`make_image_patches_kernel`)."""
+    batch, channels, image_h, image_w = x.shape
+    channels = int(channels)
     tokens = (image_h // patch) * (image_w // patch)
     return op.tensor_ir_op(
-        patches, "image_patches", args=[x],
-        out=nn.Tensor.placeholder((batch, tokens, channels * patch * patch), dtype))
+        make_image_patches_kernel(channels, patch, x.dtype), "image_patches", args=[x],
+        out=nn.Tensor.placeholder((batch, tokens, channels * patch * patch), x.dtype))

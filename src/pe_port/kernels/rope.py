@@ -6,6 +6,8 @@ The angles are computed from each token's grid position inside the kernel, so it
 
 from __future__ import annotations
 
+import functools
+
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
@@ -13,11 +15,7 @@ from tvm.script import tirx as T
 ROPE_THETA = 10000.0
 
 
-def rope_rotated_dim(head_dim: int) -> int:
-    """Features of a head that RoPE rotates: 2 axes x (head_dim // 4) pairs; the rest pass."""
-    return 4 * ((head_dim // 2) // 2)
-
-
+@functools.cache  # one parse per head shape and dtype
 def make_rope_qkv_kernel(heads: int, head_dim: int, use_cls_token: bool, dtype: str):
     """Build the TIR kernel `qkv [b, s, 3 * heads * head_dim] -> q, k, v [b, s, heads, head_dim]`.
 

@@ -6,16 +6,17 @@ in its own process, because the frameworks' thread pools disturb each other in o
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from bench.measure import median_seconds
+
+REPO = Path(__file__).resolve().parent.parent
 RUNNERS = ("tvm", "eager", "compile", "onnxruntime", "tvm-torch-export")
 SMALL_MODEL = "tiny"  # a 2-block custom tower: the smoke test's stand-in for official models
 
@@ -51,12 +52,12 @@ def make_runner(runner: str, model: str, batch: int) -> Callable[[], object]:
     images = _images(config, batch)
     reference = _reference(config)
     if runner == "tvm":
-        from pe_port.compile import cpu_target
-        from pe_port.runtime import CompiledTower
+        from pe_port.build import cpu_target
+        from pe_port.runtime import Encoder
 
         weights = {k: v.numpy() for k, v in reference.state_dict().items()}
-        tower = CompiledTower(config, cpu_target(), "float32", weights)
-        return lambda: tower(images)
+        encoder = Encoder(model, config, cpu_target(), "float32", weights).prepare()
+        return lambda: encoder(images)
     x = torch.from_numpy(images)
     if runner == "eager":
         return _no_grad(reference, x)
@@ -100,7 +101,7 @@ def _traced_tvm(reference, x):
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
-    from pe_port.compile import build, cpu_target
+    from pe_port.build import build, cpu_target
 
     with torch.no_grad():
         program = torch.export.export(reference, (x,))
@@ -113,18 +114,7 @@ def _traced_tvm(reference, x):
 def time_runner(runner: str, model: str, batch: int, repeats: int) -> dict:
     """Median wall time of `repeats` runs after warm-up runs, in this process."""
     run = make_runner(runner, model, batch)
-    return {"ms": 1000 * _median_seconds(run, repeats), "runs": repeats}
-
-
-def _median_seconds(run: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return {"ms": 1000 * median_seconds(run, repeats), "runs": repeats}
 
 
 def _onnxruntime_matmul(a: np.ndarray, b: np.ndarray) -> Callable[[], object]:
@@ -160,15 +150,15 @@ def matmul_ceiling(size: int = 2048, repeats: int = 10) -> dict:
     except ImportError:
         pass
     flops = 2 * size**3
-    each = {name: flops / _median_seconds(run, repeats) / 1e9 for name, run in candidates.items()}
+    each = {name: flops / median_seconds(run, repeats) / 1e9 for name, run in candidates.items()}
     best = max(each, key=each.get)
     return {"gflops": each[best], "library": best, "each": each}
 
 
 def measure_in_subprocess(args: list[str], timeout: float = 1800) -> dict:
-    """Run `python -m pe_port.bench ARGS` and return the JSON it prints, or the error."""
-    result = subprocess.run([sys.executable, "-m", "pe_port.bench", *args], capture_output=True,
-                            text=True, timeout=timeout, check=False)
+    """Run `python -m bench.peers ARGS` and return the JSON it prints, or the error."""
+    result = subprocess.run([sys.executable, "-m", "bench.peers", *args], capture_output=True,
+                            text=True, timeout=timeout, check=False, cwd=REPO)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         return {"skipped": tail[:160]}

@@ -1,6 +1,11 @@
-"""The GPU fast path's hand-written kernel: flash attention (TIR), in a form the CPU can check.
+"""Attention kernels: `cpu_attention` (fused softmax attention on packed keys) and
+`gpu_flash_attention` (flash attention with an online softmax), both TIR.
 
-Every kernel here is written with its GPU schedule in the loop nest (`blockIdx`/`threadIdx`
+Both take q, k, v `[b, s, heads, head_dim]` as the RoPE kernel writes them and return
+`[b, s_q, heads * head_dim]` with the heads merged: the out-projection reads it as it is.
+Queries and keys may differ in number (the attention pool has one query).
+
+The GPU kernel is written with its GPU schedule in the loop nest (`blockIdx`/`threadIdx`
 loops, shared and register buffers), and built by a function that takes `emulate`: with it,
 the thread loops become serial loops and the GPU scratch scopes become plain memory, so the same
 kernel runs on the CPU and the parity suite checks its indexing and arithmetic on a machine
@@ -10,24 +15,172 @@ serial emulation exact. Scratch buffers are declared once per thread block (in a
 under the `blockIdx` loop) and indexed by the thread they belong to; TVM's
 `CompactBufferAllocation` shrinks them to one thread's registers (or the block's shared tile)
 when it lowers for the GPU. (Declared outside any block, they became global-memory arguments.)
-The matmul schedules are dlight's, chosen in `gpu_schedule.py`.
 """
 
 from __future__ import annotations
+
+import functools
 
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
+from pe_port.kernels.common import LOG2E, NEG_LARGE, exp_nonpositive
+
+# CPU: keys per chunk of the attention scores (4 vectors); key storage is padded to a multiple.
+KEY_CHUNK = 64
 # Flash attention: queries per thread block (one per thread) and keys per shared-memory tile.
 QUERY_ROWS = 64
 # 32 keys made ptxas spill at head size 64 (255 registers); 16 need 190 and no spill. At head
 # size 96 (the G14 towers) 16 keys spill 52 bytes (8 keys spilled more).
 KEY_TILE = 16
-LOG2E = 1.4426950408889634
-NEG_LARGE = -3.0e38  # a finite stand-in for -inf: initial maxima, keys past the end
 
 
+# ---- CPU --------------------------------------------------------------------------------------
+
+def attention_rows(head_dim: int) -> int:
+    """Query rows per task: the output tile `rows x head_dim` must fit ~24 vector registers."""
+    return max(1, min(6, 24 // max(1, head_dim // 16)))
+
+
+@functools.cache  # one parse per head shape, not one per call site
+def make_pack_keys_kernel(heads: int, head_dim: int):
+    """`k [b, s, h, d]` to `[b, h, s_pad / C, d, C]` (C = KEY_CHUNK), zero past `s`.
+
+    Each chunk of C keys is one contiguous block, read front to back by the scores loop; with
+    keys strided by `s_pad` instead, every head dimension was a separate memory stream.
+    Written as TIR, not TE: emit_te orders the symbolic shape arguments by hash, which made
+    the module (and so the compile-cache key) differ between otherwise identical builds.
+    """
+
+    @T.prim_func(private=True, s_tir=True)
+    def pack(var_k: T.handle, var_packed: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True})
+        n_batch = T.int64()
+        n_seq = T.int64()
+        chunks = T.int64()
+        keys = T.match_buffer(var_k, (n_batch, n_seq, heads, head_dim), "float32")
+        packed = T.match_buffer(var_packed, (n_batch, heads, chunks, head_dim, KEY_CHUNK),
+                                "float32")
+        for b, h, c, d, j in T.grid(n_batch, heads, chunks, head_dim, KEY_CHUNK):
+            with T.sblock("pack_keys"):
+                vb, vh, vc, vd, vj = T.axis.remap("SSSSS", [b, h, c, d, j])
+                packed[vb, vh, vc, vd, vj] = T.if_then_else(
+                    vc * KEY_CHUNK + vj < n_seq,
+                    keys[vb, T.min(vc * KEY_CHUNK + vj, n_seq - 1), vh, vd],
+                    T.float32(0),
+                )
+
+    return pack
+
+
+def pack_keys(k: nn.Tensor) -> nn.Tensor:
+    """The keys in the chunked layout `cpu_attention` reads (`make_pack_keys_kernel`)."""
+    batch, seq, heads, head_dim = k.shape
+    heads, head_dim = int(heads), int(head_dim)
+    chunks = (seq + KEY_CHUNK - 1) // KEY_CHUNK
+    return op.tensor_ir_op(
+        make_pack_keys_kernel(heads, head_dim), "pack_keys", args=[k],
+        out=nn.Tensor.placeholder((batch, heads, chunks, head_dim, KEY_CHUNK), "float32"))
+
+
+@functools.cache  # one parse per head shape and scale
+def make_attention_kernel(heads: int, head_dim: int, scale: float):
+    """`softmax(q k^T * scale) v` per head, for `rows` queries of one head per parallel task.
+
+    Layout: q and v `[b, s, h, d]` as the RoPE kernel writes them (a head's values are read
+    in place, one contiguous row of `d` per key), keys packed in chunks by `pack_keys`, output
+    `[b, s_q, h * d]` with the heads already merged (a reshape of symbolic shapes would be a
+    copy). Queries and keys may differ in number (the attention pool has one query).
+    The task's scores row (`rows x s_pad`) stays in cache: scores, then max and exponentials
+    (16 lanes at a time), then the value sum, then one division per output row.
+    """
+    rows = attention_rows(head_dim)
+    lanes = 16
+
+    @T.prim_func(private=True)
+    def attention(var_q: T.handle, var_kt: T.handle, var_v: T.handle, var_out: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True, "tirx.is_scheduled": True})
+        batch = T.int64()
+        seq = T.int64()
+        keys = T.int64()
+        chunks = T.int64()
+        q = T.match_buffer(var_q, (batch, seq, heads, head_dim), "float32")
+        kt = T.match_buffer(var_kt, (batch, heads, chunks, head_dim, KEY_CHUNK), "float32")
+        v = T.match_buffer(var_v, (batch, keys, heads, head_dim), "float32")
+        out = T.match_buffer(var_out, (batch, seq, heads * head_dim), "float32")
+        row_tiles = (seq + rows - 1) // rows
+        for task in T.parallel(batch * heads * row_tiles):
+            # task -> (image b, head h, first query row r0); rows past `seq` read row seq - 1.
+            b = task // (heads * row_tiles)
+            h = task // row_tiles % heads
+            r0 = task % row_tiles * rows
+            scores = T.alloc_buffer((rows, chunks * KEY_CHUNK), "float32")
+            tile = T.alloc_buffer((rows, KEY_CHUNK), "float32", scope="local")
+            acc = T.alloc_buffer((rows, head_dim), "float32", scope="local")
+            row_max = T.alloc_buffer((rows,), "float32", scope="local")
+            row_sum = T.alloc_buffer((rows,), "float32", scope="local")
+            for chunk in range(chunks):
+                for i in T.unroll(rows):
+                    for j in T.vectorized(KEY_CHUNK):
+                        tile[i, j] = T.float32(0)
+                for d in range(head_dim):
+                    for i in T.unroll(rows):
+                        for j in T.vectorized(KEY_CHUNK):
+                            tile[i, j] = tile[i, j] + q[b, T.min(r0 + i, seq - 1), h, d] * kt[
+                                b, h, chunk, d, j]
+                for i in T.unroll(rows):
+                    for j in T.vectorized(KEY_CHUNK):
+                        # Padded keys get a score that vanishes in the softmax (exp < 2e-38).
+                        scores[i, chunk * KEY_CHUNK + j] = T.if_then_else(
+                            chunk * KEY_CHUNK + j < keys, tile[i, j], T.float32(NEG_LARGE))
+            for i in range(rows):
+                # Per row: 16-lane running max and sum in registers, then one horizontal step.
+                lane_max = T.alloc_buffer((lanes,), "float32", scope="local")
+                lane_sum = T.alloc_buffer((lanes,), "float32", scope="local")
+                for j in T.vectorized(lanes):
+                    lane_max[j] = T.float32(NEG_LARGE)
+                    lane_sum[j] = T.float32(0)
+                for chunk in range(chunks * KEY_CHUNK // lanes):
+                    for j in T.vectorized(lanes):
+                        lane_max[j] = T.max(lane_max[j], scores[i, chunk * lanes + j])
+                row_max[i] = T.float32(NEG_LARGE)
+                for j in range(lanes):
+                    row_max[i] = T.max(row_max[i], lane_max[j])
+                for chunk in range(chunks * KEY_CHUNK // lanes):
+                    for j in T.vectorized(lanes):
+                        scores[i, chunk * lanes + j] = exp_nonpositive(
+                            (scores[i, chunk * lanes + j] - row_max[i]) * T.float32(scale))
+                        lane_sum[j] = lane_sum[j] + scores[i, chunk * lanes + j]
+                row_sum[i] = T.float32(0)
+                for j in range(lanes):
+                    row_sum[i] = row_sum[i] + lane_sum[j]
+            for i in T.unroll(rows):
+                for d in T.vectorized(head_dim):
+                    acc[i, d] = T.float32(0)
+            for key in range(keys):
+                for i in T.unroll(rows):
+                    for d in T.vectorized(head_dim):
+                        acc[i, d] = acc[i, d] + scores[i, key] * v[b, key, h, d]
+            for i in T.unroll(rows):
+                if r0 + i < seq:
+                    for d in T.vectorized(head_dim):
+                        out[b, r0 + i, h * head_dim + d] = acc[i, d] / row_sum[i]
+
+    return attention
+
+
+def cpu_attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
+    """Fused softmax attention over `[b, s, heads, head_dim]` inputs; `[b, s_q, width]` out."""
+    batch, seq, heads, head_dim = q.shape
+    kernel = make_attention_kernel(int(heads), int(head_dim), scale)
+    return op.tensor_ir_op(kernel, "attention", args=[q, pack_keys(k), v],
+                           out=nn.Tensor.placeholder((batch, seq, heads * head_dim), "float32"))
+
+
+# ---- GPU --------------------------------------------------------------------------------------
+
+@functools.cache  # one parse per head shape, scale and dtype
 def make_flash_attention_kernel(heads: int, head_dim: int, scale: float, dtype: str,
                                 emulate: bool = False):
     """`out[b, i, h*d:(h+1)*d] = softmax_j(q_i . k_j * scale) v_j`; a block per (b, h, 64 rows).
@@ -153,8 +306,8 @@ def make_flash_attention_kernel(heads: int, head_dim: int, scale: float, dtype: 
     return flash_attention
 
 
-def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float,
-              emulate: bool = False) -> nn.Tensor:
+def gpu_flash_attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float,
+                        emulate: bool = False) -> nn.Tensor:
     """Flash attention over `[b, s, heads, head_dim]` inputs; `[b, s_q, heads * head_dim]` out."""
     batch, seq, heads, head_dim = q.shape
     kernel = make_flash_attention_kernel(int(heads), int(head_dim), scale, q.dtype, emulate)

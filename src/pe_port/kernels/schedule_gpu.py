@@ -1,16 +1,17 @@
 """Schedules for the GPU kernels that are not hand-written: matmuls (with their fused
 epilogues), LayerNorm, RoPE, copies. dlight's rules do the work; this file picks among them.
 
-- `schedule_for_gpu` gives each kernel the first dlight rule that applies, where dlight's own
-  `ApplyDefaultSchedule` stops the build when a rule fails on a kernel.
+- `gpu_rules` are dlight's GPU rules, each wrapped so that a rule failing on a kernel hands it
+  to the next (dlight's `ApplyDefaultSchedule` would stop the build); the build runs them with
+  `schedule_cpu.schedule_passes`, which also fails it if a kernel stays unscheduled.
 - dlight puts fp16 matmuls on the tensor cores (WMMA, float32 accumulators; when no dimension is
   64 or less) but bf16 ones on the plain cores: TVM registers no bf16 tensor intrinsics.
   `BF16TensorCoreMatmul` registers the bf16 counterparts of the fp16 WMMA intrinsics (the same
   16x16x16 tiles; Ampere and later run bf16 WMMA) and runs dlight's tensor-core matmul
   schedule with them.
 
-The hand-written kernels (`pe_port.kernels.gpu`) carry the attribute `tirx.is_scheduled` and
-are left alone.
+The hand-written kernels (`attention.gpu_flash_attention`) carry the attribute
+`tirx.is_scheduled` and are left alone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import get_root_block
+
+from pe_port.kernels.schedule_cpu import FirstThatFits
 
 WMMA_SHAPE = "16x16x16"
 
@@ -96,50 +99,16 @@ class BF16TensorCoreMatmul(dlight.ScheduleRule):
 
 
 def gpu_rules() -> list[dlight.ScheduleRule]:
-    """The rules `schedule_for_gpu` tries, in order."""
-    return [
-        BF16TensorCoreMatmul(),
-        dlight.gpu.Matmul(),
-        dlight.gpu.GEMV(),
-        dlight.gpu.Reduction(),
-        dlight.gpu.GeneralReduction(),
-        dlight.gpu.Fallback(),
-    ]
+    """The rules the GPU build tries on each kernel, in order; the first that fits wins.
 
-
-def schedule_for_gpu(target: tvm.target.Target) -> tvm.transform.Pass:
-    """Give every kernel the first dlight GPU schedule that applies to it.
-
-    Like `dlight.ApplyDefaultSchedule`, except that a rule which fails on a kernel (the general
-    reduction rule does on the attention pool's one-query matmul) passes it to the next rule
-    instead of failing the build; `Fallback` schedules anything.
+    Unlike dlight's own list, a rule that fails on a kernel (the general reduction rule does on
+    the attention pool's one-query matmul) or leaves scratch memory of symbolic size (CUDA
+    cannot allocate it) passes the kernel on to the next rule; `Fallback` schedules anything.
     """
-    rules = gpu_rules()
-
-    def first_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-        for rule in rules:
-            try:
-                space = rule.apply(func, target, False)
-            except s_tir.ScheduleError:
-                continue
-            if space is None:
-                continue
-            scheduled = (space if isinstance(space, s_tir.Schedule) else space[0]).mod["main"]
-            if _has_symbolic_scratch(scheduled):
-                continue  # CUDA cannot allocate registers or shared memory of symbolic size
-            return scheduled.with_attr("tirx.is_scheduled", True)
-        return None
-
-    @tvm.transform.module_pass(opt_level=0, name="ScheduleForGPU")
-    def schedule(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        for gvar, func in list(mod.functions_items()):
-            if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled"):
-                scheduled = first_schedule(func)
-                if scheduled is not None:
-                    mod[gvar] = scheduled
-        return mod
-
-    return schedule
+    rules = [BF16TensorCoreMatmul(), dlight.gpu.Matmul(), dlight.gpu.GEMV(),
+             dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback()]
+    return [FirstThatFits(rule, fits=lambda func: not _has_symbolic_scratch(func))
+            for rule in rules]
 
 
 def _has_symbolic_scratch(func: tirx.PrimFunc) -> bool:

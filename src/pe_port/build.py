@@ -1,0 +1,163 @@
+"""From the Relax model to an executable: targets, the exported functions, and `build`.
+
+`export_tower` turns the Relax `nn.Module` (`model.py`) into an IRModule with one function per
+exported variant and the weight packing lifted out; `build` compiles it with the pipeline of the
+target's `Backend` (`backends.py`). Nothing here needs the target's device: CUDA libraries are
+built on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from collections.abc import Callable, Sequence
+
+import tvm
+from tvm import relax
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn.spec import MethodSpec, ModuleSpec
+from tvm.target import codegen
+
+from pe_port import ops
+from pe_port.artifact import FeatureVariant
+from pe_port.backends import Backend, for_target
+from pe_port.config import PEConfig
+from pe_port.errors import TargetError
+from pe_port.model import VisionTransformer
+
+# Compute capability the CUDA build targets when neither told nor on a GPU machine (H100).
+DEFAULT_CUDA_ARCH = "sm_90"
+
+
+# ---- targets ----------------------------------------------------------------------------------
+
+def cpu_target(num_cores: int | None = None) -> tvm.target.Target:
+    """An LLVM target for the CPU this process runs on, its features detected at run time.
+
+    Falls back to a generic CPU of the host architecture when LLVM does not know the name.
+    """
+    mcpu = codegen.llvm_get_system_cpu()
+    target: dict = {"kind": "llvm", "mtriple": host_triple()}
+    if mcpu and codegen.llvm_is_valid_cpu(mcpu, target["mtriple"]):
+        target["mcpu"] = mcpu
+    if num_cores is not None:
+        target["num-cores"] = num_cores
+    return tvm.target.Target(target)
+
+
+def host_triple() -> str:
+    machine = platform.machine()
+    return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}.get(
+        machine, f"{machine}-linux-gnu"
+    )
+
+
+def cuda_target(arch: str | None = None) -> tvm.target.Target:
+    """A CUDA target for `arch` (e.g. "sm_80"), with the host CPU as its host.
+
+    Without `arch`: the compute capability of this machine's GPU, or `DEFAULT_CUDA_ARCH` when
+    it has none (cross-compiling).
+    """
+    arch = arch or local_cuda_arch() or DEFAULT_CUDA_ARCH
+    if not (arch.startswith("sm_") and arch[3:].isdigit()):
+        raise TargetError(f"CUDA arch {arch!r} is not of the form sm_XY (e.g. sm_87, sm_90)")
+    return tvm.target.Target({"kind": "cuda", "arch": arch},
+                             host={"kind": "llvm", "mtriple": host_triple()})
+
+
+def local_cuda_arch() -> str | None:
+    """"sm_XY" of GPU 0, or None without a GPU."""
+    device = tvm.cuda(0)
+    return "sm_" + device.compute_version.replace(".", "") if device.exist else None
+
+
+def resolve_target(target: str | dict | tvm.target.Target,
+                   arch: str | None = None) -> tvm.target.Target:
+    """"cpu", "cuda" (`arch` picks the GPU generation), a TVM target dict, or a Target."""
+    if isinstance(target, tvm.target.Target):
+        return target
+    if arch is not None and target != "cuda":
+        raise TargetError(f"arch {arch!r} is for target 'cuda', not {target!r}")
+    if target == "cpu":
+        return cpu_target()
+    if target == "cuda":
+        return cuda_target(arch)
+    if isinstance(target, dict):
+        try:
+            return tvm.target.Target(target)
+        except Exception as err:  # TVM raises several error types for a bad dict
+            raise TargetError(f"invalid TVM target {target!r}: {err}") from None
+    raise TargetError(f"unknown target {target!r}; use 'cpu', 'cuda' or a TVM target dict")
+
+
+def is_gpu(target: tvm.target.Target) -> bool:
+    return "gpu" in target.keys
+
+
+# ---- the graph --------------------------------------------------------------------------------
+
+def image_spec(dtype: str) -> nn.spec.Tensor:
+    """Pixels `[batch, 3, height, width]`: batch and image size are symbolic."""
+    return nn.spec.Tensor(["batch", 3, "height", "width"], dtype)
+
+
+def lift_weight_transforms(mod: tvm.IRModule) -> tvm.IRModule:
+    """Move weight-only work (packing for the CPU matmuls, transposes) out of every function
+    into its own `transform_function_name(function)`, run once when the weights are loaded.
+
+    One transform per function, not one shared by all: a shared one holds only what every
+    function does to the weights, so the attention pool's packing (used by `forward`, not by
+    `forward_features`) stayed in `forward` and ran at every call (5 ms of 95 on B16).
+    """
+    return relax.transform.LiftTransformParams(shared_transform=False)(mod)
+
+
+ParamSpecs = list[tuple[str, tuple[int, ...]]]
+
+
+def param_specs(config: PEConfig, dtype: str = "float32") -> ParamSpecs:
+    """The tower's parameters (official names) and shapes, in the order the compiled functions
+    take them; read off the `nn.Module` without building the graph."""
+    model = VisionTransformer(config, dtype)
+    return [(name, tuple(int(d) for d in param.shape))
+            for name, param in model.named_parameters()]
+
+
+@functools.lru_cache(maxsize=32)  # deterministic, and an IRModule is immutable
+def export_tower(
+    config: PEConfig,
+    dtype: str,
+    variants: tuple[FeatureVariant, ...] = (),
+    backend: Backend | None = None,
+) -> tuple[tvm.IRModule, ParamSpecs]:
+    """The Relax IRModule of the tower: `forward`, `forward_features` and each extra variant.
+
+    Built with `backend`'s ops (default: generic Relax ops). Returns the module and the
+    parameters' names and shapes, in the order the functions take them after the image.
+    """
+    model = VisionTransformer(config, dtype)
+    methods: dict[str, Callable] = {
+        "forward": model.forward,
+        "forward_features": model.forward_features,
+    }
+    for variant in variants:
+        methods[variant.function_name(config.layers)] = functools.partial(
+            model.forward_features, norm=variant.norm, layer_idx=variant.layer_idx,
+            strip_cls_token=variant.strip_cls_token)
+    specs = [MethodSpec.from_raw({"x": image_spec(dtype)}, method) for method in methods.values()]
+    with ops.use_backend(backend or Backend()):
+        mod, params = model.export_tvm(ModuleSpec(model, list(methods), specs))
+    mod = lift_weight_transforms(mod)
+    return mod, [(name, tuple(int(d) for d in param.shape)) for name, param in params]
+
+
+def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+    """Compile a Relax module with the pipeline of the target's backend."""
+    return tvm.compile(mod, target, relax_pipeline=for_target(target).pipeline(target))
+
+
+def build_tower(config: PEConfig, dtype: str, target: tvm.target.Target,
+                variants: Sequence[FeatureVariant] = ()) -> relax.VMExecutable:
+    """`export_tower` with the target's backend, then `build`."""
+    mod, _ = export_tower(config, dtype, tuple(variants), for_target(target))
+    return build(mod, target)

@@ -1,0 +1,198 @@
+"""Matmul on the CPU: packed weights and a fused epilogue in one TIR kernel (`cpu_dense`).
+
+TVM's default CPU pipeline leaves every kernel unscheduled (scalar loops, one thread). This
+kernel is written with its schedule in the loop nest itself: a register tile of `rows x cols`
+outputs accumulates over the reduction while LLVM keeps the tile in vector registers, tiles run in
+parallel, and the row count (batch x tokens) stays symbolic. Rows past the end are computed on a
+clamped (valid) input row and never stored, so no branch sits in the inner loop.
+
+The GPU has no hand-written matmul: `Backend` hands it the generic `matmul`, which dlight
+schedules on the tensor cores (`schedule_gpu.py`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op
+from tvm.script import tirx as T
+
+from pe_port.kernels.common import exp_nonpositive
+
+
+def dense_tile(n: int) -> tuple[int, int]:
+    """Register tile (rows, cols) for an `n`-column output: 24 or 16 accumulators of 16 lanes."""
+    cols = next(c for c in (64, 32, 16, 8, 4, 2, 1) if n % c == 0)
+    return (6 if cols == 64 else 8), cols
+
+
+def pack_weight(weight: nn.Tensor) -> nn.Tensor:
+    """`[n, k]` (PyTorch's Linear layout) to `[n / cols, k, cols]`: each column tile contiguous.
+
+    A pure function of a parameter, so `LiftTransformParams` moves it out of the forward pass:
+    it runs once, when the weights are loaded.
+    """
+    n, k = (int(d) for d in weight.shape)
+    _, cols = dense_tile(n)
+    return op.permute_dims(op.reshape(weight, (n // cols, cols, k)), [0, 2, 1])
+
+
+def _gelu(value):
+    """Exact GELU, `x * Phi(x) = x/2 * (1 + erf(x / sqrt 2))`, with a vectorisable erf."""
+    return value * T.float32(0.5) * (T.float32(1.0) + _erf(value * T.float32(math.sqrt(0.5))))
+
+
+# Abramowitz & Stegun 7.1.26: erf(x) = 1 - poly(t) exp(-x^2), t = 1 / (1 + p|x|), |error| < 1.5e-7.
+_ERF_P = 0.3275911
+_ERF_COEFFS = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
+
+
+def _erf(x):
+    """erf without a libm call: LLVM cannot vectorise `erff`, and GELU needs one per activation."""
+    magnitude = T.fabs(x)
+    t = T.float32(1.0) / (T.float32(1.0) + T.float32(_ERF_P) * magnitude)
+    poly = T.float32(_ERF_COEFFS[0])
+    for coeff in _ERF_COEFFS[1:]:
+        poly = poly * t + T.float32(coeff)
+    tail = poly * t * exp_nonpositive(-magnitude * magnitude)
+    return T.if_then_else(x < T.float32(0), tail - T.float32(1.0), T.float32(1.0) - tail)
+
+
+@functools.cache  # one parse per shape, not one per call site
+def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | None):
+    """`out[b, s, n] = epilogue(x[b, s, k] @ w[n, k]^T + bias[n])` on packed `w [n/cols, k, cols]`.
+
+    `activation`: None or "gelu". `residual`: None, "add" (`out = res + y`) or "scaled_add"
+    (`out = res + gamma * y`, LayerScale fused into the residual branch). The kernel walks the
+    `batch x seq` rows as one axis but takes and returns `[batch, seq, ...]` tensors: reshaping
+    around it would cost a copy each time, since TVM cannot prove that a reshape of symbolic
+    shapes is free.
+    """
+    rows, cols = dense_tile(n)
+    col_tiles = n // cols
+
+    def finish(y, bias, res, gamma, m, c):
+        """The epilogue, built at parse time from the buffers a signature has."""
+        y = y + bias[c]
+        if activation == "gelu":
+            y = _gelu(y)
+        if gamma is not None:
+            y = gamma[c] * y
+        if res is not None:
+            y = res[m, c] + y
+        return y
+
+    @T.macro
+    def dense_body(x, w, bias, res, gamma, out, batch, seq):
+        # x, res and out are viewed as the `[batch * seq, features]` matrices they are in
+        # memory: indexed `[b, s, c]`, every row index divides by the symbolic `seq`, which
+        # kept LLVM from vectorising the stores (3x slower).
+        m_total = batch * seq
+        row_tiles = (m_total + rows - 1) // rows
+        # Column-tile major: the tasks a thread runs in a row share one weight panel
+        # `[k, cols]`, which stays in L2 while the thread walks down the rows of x.
+        for tile in T.parallel(col_tiles * row_tiles):
+            acc = T.alloc_buffer((rows, cols), "float32", scope="local")
+            for i in T.unroll(rows):
+                for j in T.vectorized(cols):
+                    acc[i, j] = T.float32(0)
+            for kk in range(k):
+                for i in T.unroll(rows):
+                    for j in T.vectorized(cols):
+                        acc[i, j] = acc[i, j] + x[
+                            T.min(tile % row_tiles * rows + i, m_total - 1), kk
+                        ] * w[tile // row_tiles, kk, j]
+            for i in T.unroll(rows):
+                if tile % row_tiles * rows + i < m_total:
+                    for j in T.vectorized(cols):
+                        out[tile % row_tiles * rows + i, tile // row_tiles * cols + j] = finish(
+                            acc[i, j], bias, res, gamma, tile % row_tiles * rows + i,
+                            tile // row_tiles * cols + j)
+
+    # One signature per epilogue: the buffers each one reads, nothing more.
+    @T.prim_func(private=True)
+    def dense_plain(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_out: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True,
+                     "tirx.is_scheduled": True})
+        batch = T.int64()
+        seq = T.int64()
+        x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
+        w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
+        bias = T.match_buffer(var_bias, (n,), "float32")
+        out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
+        x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
+        out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
+        dense_body(x, w, bias, None, None, out, batch, seq)
+
+    @T.prim_func(private=True)
+    def dense_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_res: T.handle,
+                  var_out: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True,
+                     "tirx.is_scheduled": True})
+        batch = T.int64()
+        seq = T.int64()
+        x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
+        w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
+        bias = T.match_buffer(var_bias, (n,), "float32")
+        res_in = T.match_buffer(var_res, (batch, seq, n), "float32")
+        out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
+        x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
+        out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
+        res = T.decl_buffer((batch * seq, n), "float32", data=res_in.data)
+        dense_body(x, w, bias, res, None, out, batch, seq)
+
+    @T.prim_func(private=True)
+    def dense_scaled_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle,
+                         var_res: T.handle, var_gamma: T.handle, var_out: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.noalias": True,
+                     "tirx.is_scheduled": True})
+        batch = T.int64()
+        seq = T.int64()
+        x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
+        w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
+        bias = T.match_buffer(var_bias, (n,), "float32")
+        res_in = T.match_buffer(var_res, (batch, seq, n), "float32")
+        gamma = T.match_buffer(var_gamma, (n,), "float32")
+        out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
+        x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
+        out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
+        res = T.decl_buffer((batch * seq, n), "float32", data=res_in.data)
+        dense_body(x, w, bias, res, gamma, out, batch, seq)
+
+    return {None: dense_plain, "add": dense_add, "scaled_add": dense_scaled_add}[residual]
+
+
+def cpu_dense(
+    x: nn.Tensor,
+    weight: nn.Tensor,
+    bias: nn.Tensor | None,
+    activation: str | None = None,
+    residual: nn.Tensor | None = None,
+    gamma: nn.Tensor | None = None,
+) -> nn.Tensor:
+    """`x @ weight.T + bias`, then GELU or a (LayerScale-scaled) residual add, in one kernel.
+
+    `x` is `[batch, seq, k]` (a `[batch, k]` input is taken as one token per image). No
+    `bias` (the patch embedding, the final projection) adds zeros. `gamma` is only used with
+    `residual`.
+    """
+    flat = x.ndim == 2
+    if flat:
+        x = op.unsqueeze(x, 1)
+        residual = None if residual is None else op.unsqueeze(residual, 1)
+    batch, seq, k = x.shape
+    n = int(weight.shape[0])
+    if bias is None:
+        bias = op.zeros((n,), "float32")
+    mode = None if residual is None else ("add" if gamma is None else "scaled_add")
+    kernel = make_dense_kernel(int(k), n, activation, mode)
+    args = [x, pack_weight(weight), bias]
+    if residual is not None:
+        args.append(residual)
+    if gamma is not None:
+        args.append(gamma)
+    out = op.tensor_ir_op(kernel, "dense", args=args,
+                          out=nn.Tensor.placeholder((batch, seq, n), "float32"))
+    return op.squeeze(out, 1) if flat else out

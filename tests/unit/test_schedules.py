@@ -1,0 +1,77 @@
+"""The schedule stage of each backend: every kernel of a tower leaves it scheduled, as the
+rules promise (CPU: a parallel outer loop, vectorised inner loops where the width allows; GPU:
+every loop nest bound to threads), and a kernel no rule fits fails the build by name."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import tvm
+from tvm import tirx
+from tvm.script import tirx as T
+
+from pe_port.backends import CPU, GPU
+from pe_port.build import cpu_target, cuda_target, export_tower
+from pe_port.config import custom_config
+from pe_port.kernels.schedule_cpu import UnscheduledKernelError, require_scheduled
+
+# Every op the towers use: RoPE and absolute posemb, cls token, attention pool, projection;
+# width 40 is not a multiple of 16, so the generic layer norm is scheduled too.
+CONFIG = custom_config(width=40, heads=2, use_rope2d=True, use_abs_posemb=True)
+
+
+@functools.cache
+def scheduled(backend_name: str) -> tvm.IRModule:
+    backend, target = {"cpu": (CPU, cpu_target()), "gpu": (GPU, cuda_target("sm_80"))}[
+        backend_name]
+    mod, _ = export_tower(CONFIG, "float32", (), backend)
+    with target:
+        return tvm.transform.Sequential(backend.schedule_stage(target))(mod)
+
+
+def kernels(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    return {gvar.name_hint: func for gvar, func in mod.functions_items()
+            if isinstance(func, tirx.PrimFunc)}
+
+
+def loop_kinds(func: tirx.PrimFunc) -> str:
+    """The TVMScript of the kernel: its loops print as `T.parallel(`, `T.vectorized(`,
+    `T.thread_binding(..., thread="threadIdx.x")`."""
+    return func.script()
+
+
+def test_every_cpu_kernel_runs_in_parallel():
+    funcs = kernels(scheduled("cpu"))
+    assert len(funcs) >= 8
+    for name, func in funcs.items():
+        assert "T.parallel(" in loop_kinds(func), f"{name} has no parallel loop"
+
+
+def test_cpu_rule_vectorises_the_feature_axis():
+    """RoPE (head_dim 20: no whole vector) stays scalar; the copies of width 40 do too; the
+    patch gather has 16 x 16 pixels per row: vectorised. Hand-written kernels carry their own
+    vector loops."""
+    funcs = kernels(scheduled("cpu"))
+    vectorised = {name for name, func in funcs.items() if "T.vectorized(" in loop_kinds(func)}
+    assert any(name.startswith("dense") for name in vectorised), vectorised
+    assert any(name.startswith("attention") for name in vectorised), vectorised
+
+
+def test_every_gpu_kernel_is_bound_to_threads():
+    funcs = kernels(scheduled("gpu"))
+    assert len(funcs) >= 8
+    for name, func in funcs.items():
+        script = loop_kinds(func)
+        assert '"blockIdx.x"' in script and '"threadIdx.x"' in script, f"{name} is not bound"
+
+
+def test_a_kernel_no_rule_fits_fails_the_build_by_name():
+    @T.prim_func(private=True)
+    def lonely(a: T.Buffer((4,), "float32")):
+        for i in range(4):
+            a[i] = T.float32(1)
+
+    mod = tvm.IRModule({"lonely_kernel": lonely})
+    with pytest.raises(UnscheduledKernelError, match="lonely_kernel"):
+        require_scheduled("CPU")(mod)
