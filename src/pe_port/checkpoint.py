@@ -19,6 +19,8 @@ import numpy as np
 from pe_port.errors import CheckpointError
 
 VISUAL_PREFIX = "visual."
+# Seconds to wait for the hub before saying it cannot be reached.
+HUB_TIMEOUT_S = 5
 
 
 
@@ -40,11 +42,14 @@ def cached_checkpoint(name: str) -> str | None:
 
 def download_checkpoint(name: str) -> str:
     """Fetch `name`'s official checkpoint into the hub cache (cache only if HF_HUB_OFFLINE=1)."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    if not constants.HF_HUB_OFFLINE:
+        _check_hub_reachable(constants.ENDPOINT, name)
     try:
-        return hf_hub_download(repo_id=hub_repo(name), filename=hub_filename(name))
+        return hf_hub_download(repo_id=hub_repo(name), filename=hub_filename(name),
+                               etag_timeout=HUB_TIMEOUT_S)
     except LocalEntryNotFoundError as err:
         raise CheckpointError(
             f"checkpoint {hub_filename(name)} of {hub_repo(name)} is not in the hub cache and "
@@ -52,6 +57,22 @@ def download_checkpoint(name: str) -> str:
         ) from None
     except (HfHubHTTPError, OSError) as err:
         raise CheckpointError(f"cannot download {hub_repo(name)}: {err}") from None
+
+
+def _check_hub_reachable(endpoint: str, name: str) -> None:
+    """One short connection attempt: offline, the hub client would retry for minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_TIMEOUT_S).close()
+    except OSError as err:
+        raise CheckpointError(
+            f"checkpoint {hub_filename(name)} of {hub_repo(name)} is not in the hub cache and the "
+            f"hub ({url.hostname}) cannot be reached ({err.__class__.__name__}): offline? "
+            "Pass --checkpoint PATH") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:

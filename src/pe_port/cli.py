@@ -16,6 +16,8 @@ import numpy as np
 from pe_port.config import DTYPES, MODEL_NAMES
 from pe_port.errors import UserError
 
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -138,6 +140,8 @@ def _input_kind(inputs: list[str]) -> str:
 
 
 def _image_files(inputs: list[str]) -> list[Path]:
+    """Files named, and the image files of folders named; nothing that is not a regular file
+    (a FIFO would block the read forever)."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -147,20 +151,44 @@ def _image_files(inputs: list[str]) -> list[Path]:
             files.extend(found)
         else:
             files.append(item)
+    for path in files:
+        if not path.is_file():
+            raise UserError(f"input {path} is not a regular file")
     return files
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    """A float32 `.npy`, its header checked before any data is read: a malformed header, or
+    one declaring more data than the file holds, is one error line, not a traceback or a
+    terabyte allocation."""
     if not path.is_file():
-        raise UserError(f"input {path} does not exist")
+        what = "does not exist" if not path.exists() else "is not a regular file"
+        raise UserError(f"input {path} {what}")
+    try:
+        with open(path, "rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            read_header = NPY_HEADER_READERS.get(version)
+            if read_header is None:
+                raise ValueError(f"version {version}")
+            shape, fortran_order, dtype = read_header(stream, max_header_size=10_000)
+            data_offset = stream.tell()
+    except Exception as err:  # NumPy raises ValueError, SyntaxError, TokenError, ...
+        raise UserError(f"cannot read {path} as a .npy array: bad header "
+                        f"({type(err).__name__})") from None
+    if dtype != np.float32:
+        raise UserError(f"input {path} has dtype {dtype}; pre-processed pixels must be "
+                        "float32 (N, 3, H, W)")
+    count = 1
+    for dim in shape:
+        count *= dim
+    if count * 4 != path.stat().st_size - data_offset:
+        raise UserError(f"input {path} declares shape {shape} ({count * 4:,} bytes of data) "
+                        f"but holds {path.stat().st_size - data_offset:,}")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise UserError(f"cannot read {path} as a .npy array: {err}") from None
-    if array.dtype != np.float32:
-        raise UserError(f"input {path} has dtype {array.dtype}; pre-processed pixels must be "
-                        "float32 (N, 3, H, W)")
-    return array
+    return np.ascontiguousarray(array) if fortran_order else array
 
 
 def _check_writable_dir(folder: Path) -> None:

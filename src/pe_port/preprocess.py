@@ -15,16 +15,32 @@ from pe_port.errors import ImageError
 
 MEAN = 0.5
 STD = 0.5
-
+# The largest image (width x height) read, checked from the file's header before decoding: a
+# few hundred bytes of PNG or JPEG can declare gigapixels. The C++ runner states the same.
+MAX_IMAGE_PIXELS = 100_000_000
 
 
 def load_image(path: str | Path) -> Image.Image:
+    """Decode an image file; refuses non-regular files (a FIFO would block) and images over
+    `MAX_IMAGE_PIXELS` before decoding them."""
+    path = Path(path)
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a regular file"
+        raise ImageError(f"image {path} {what}")
     try:
         with Image.open(path) as image:
+            check_pixel_count(image.size, path)
             image.load()
             return image.copy()
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError, MemoryError) as err:
         raise ImageError(f"cannot read image {path}: {err}") from None
+
+
+def check_pixel_count(size: tuple[int, int], what) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(f"image {what} is {width}x{height} pixels, more than the "
+                         f"{MAX_IMAGE_PIXELS:,} pe-port reads")
 
 
 def resize(image: Image.Image, size: int, center_crop: bool = False) -> Image.Image:
@@ -36,6 +52,9 @@ def resize(image: Image.Image, size: int, center_crop: bool = False) -> Image.Im
         new_w, new_h = size, int(size * height / width)
     else:
         new_w, new_h = int(size * width / height), size
+    # The resize before the crop holds the whole shorter-side-scaled image: bound it too (a
+    # 1 x 20000 strip would become 384 x 7.7 million).
+    check_pixel_count((new_w, new_h), "resized for the centre crop")
     image = image.resize((new_w, new_h), Image.BILINEAR)
     # torchvision's CenterCrop rounds the offsets to the nearest pixel.
     left = int(round((new_w - size) / 2.0))
@@ -52,6 +71,12 @@ def to_tensor(image: Image.Image) -> np.ndarray:
 def preprocess(
     images: list[str | Path | Image.Image], size: int, center_crop: bool = False
 ) -> np.ndarray:
-    """Images (paths or PIL images) to the `[N, 3, size, size]` float32 batch the tower takes."""
-    loaded = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-    return np.stack([to_tensor(resize(im, size, center_crop)) for im in loaded])
+    """Images (paths or PIL images) to the `[N, 3, size, size]` float32 batch the tower takes;
+    one decoded image at a time is held."""
+    if not images:
+        raise ImageError("no images given")
+    batch = np.empty((len(images), 3, size, size), np.float32)
+    for i, image in enumerate(images):
+        loaded = image if isinstance(image, Image.Image) else load_image(image)
+        batch[i] = to_tensor(resize(loaded, size, center_crop))
+    return batch

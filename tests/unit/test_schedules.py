@@ -14,7 +14,7 @@ from tvm.script import tirx as T
 from pe_port.backends import CPU, GPU
 from pe_port.build import cpu_target, cuda_target, export_tower
 from pe_port.config import custom_config
-from pe_port.kernels.schedule_cpu import UnscheduledKernelError, require_scheduled
+from pe_port.kernels.schedule_cpu import require_scheduled
 
 # Every op the towers use: RoPE and absolute posemb, cls token, attention pool, projection;
 # width 40 is not a multiple of 16, so the generic layer norm is scheduled too.
@@ -73,5 +73,6 @@ def test_a_kernel_no_rule_fits_fails_the_build_by_name():
             a[i] = T.float32(1)
 
     mod = tvm.IRModule({"lonely_kernel": lonely})
-    with pytest.raises(UnscheduledKernelError, match="lonely_kernel"):
+    # The error crosses TVM's pass boundary as the RuntimeError it derives from.
+    with pytest.raises(RuntimeError, match="no schedule rule fits kernel.*lonely_kernel"):
         require_scheduled("CPU")(mod)
