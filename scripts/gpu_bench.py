@@ -21,13 +21,16 @@ import copy
 import itertools
 import json
 import statistics
+import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["PE-Core-B16-224", "PE-Core-L14-336", "PE-Spatial-B16-512"]
 DTYPES = ["float16", "bfloat16"]
+DTYPE_ORDER = ["float32", "float16", "bfloat16"]
 BATCHES = [1, 8, 64]
 RUNNERS = ["tvm", "eager", "compile", "tensorrt"]
 PARITY_BATCH = 2
@@ -41,15 +44,24 @@ ATTENTION_BACKENDS = {"flash": "gpu", "unfused": "gpu_unfused"}
 
 def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, device: str,
           attention: list[str]) -> None:
-    sys.path.insert(0, str(ROOT / "src"))
-    from pe_port.bench import model_config
-    from pe_port.compile import build as compile_module
-    from pe_port.compile import cpu_target, cuda_target, export_tower
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+    from bench.backends import VARIANTS
+    from bench.peers import model_config
+    from pe_port.backends import CPU, GPU
+    from pe_port.build import build as compile_module
+    from pe_port.build import cpu_target, cuda_target, export_tower
     from pe_port.params import forward_flops
+
+    backends = {"gpu": GPU, "gpu_unfused": VARIANTS["gpu_unfused"]}
 
     target = cuda_target(arch) if device == "cuda" else cpu_target()
     libs.mkdir(parents=True, exist_ok=True)
     manifest = {"device": device, "target": str(target), "towers": []}
+    previous = libs / "manifest.json"
+    if previous.is_file():  # several builds into one folder (one model per call): keep the rest
+        kept = json.loads(previous.read_text())
+        if (kept["device"], kept["target"]) == (manifest["device"], manifest["target"]):
+            manifest["towers"] = kept["towers"]
     for model in models:
         config = model_config(model)
         variants = attention if device == "cuda" else ["cpu"]  # the CPU has its own kernels
@@ -59,19 +71,63 @@ def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, de
                       "(BF16 legalization after dlight's reduction schedule)", flush=True)
                 continue
             started = time.perf_counter()
-            backend = ATTENTION_BACKENDS.get(variant)
-            mod, specs = export_tower(config, dtype, target=target, backend=backend)
+            backend = backends.get(ATTENTION_BACKENDS.get(variant), CPU)
+            mod, specs = export_tower(config, dtype, (), backend)
             library = libs / f"{model}-{dtype}-{variant}.so"
-            compile_module(mod, target).export_library(str(library))
+            executable = compile_module(mod, target)
+            executable.export_library(str(library))
+            cubins = precompile_cuda(executable, target, libs, library.stem) if device == "cuda" \
+                else []
             print(f"built {library.name} in {time.perf_counter() - started:.0f} s", flush=True)
+            manifest["towers"] = [t for t in manifest["towers"]
+                                  if t["library"] != library.name]
             manifest["towers"].append({
                 "model": model, "dtype": dtype, "attention": variant, "library": library.name,
                 "config": config.as_kwargs(), "image_size": config.image_size,
                 "params": [name for name, _ in specs],
                 "flops_per_image": forward_flops(config, 1, config.image_size,
                                                  config.image_size),
+                "cubins": cubins,
             })
+    manifest["towers"].sort(key=lambda t: (t["model"], DTYPE_ORDER.index(t["dtype"]),
+                                          t["attention"]))
     (libs / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def cuda_sources(executable) -> list[str]:
+    """The CUDA C++ of each CUDA module a built executable imports."""
+    def modules(module):
+        yield module
+        for imported in module.imports:
+            yield from modules(imported)
+
+    return [m.inspect_source("cuda") for m in modules(executable.mod) if m.kind == "cuda"]
+
+
+def precompile_cuda(executable, target, libs: Path, stem: str) -> list[dict]:
+    """Compile the library's CUDA kernels to a cubin here, with TVM's own nvcc command.
+
+    TVM 0.27 exports CUDA kernels as source and compiles them when the library is loaded
+    (`tvm_callback_cuda_compile`): a minute or more of the GPU machine's time per library.
+    `run` hands these cubins to that callback instead (`install_cubin_cache`), matched by the
+    SHA-256 of the source, and falls back to TVM's compiler on a miss.
+    """
+    import hashlib
+
+    from tvm.support.nvcc import compile_cuda
+
+    cubins = []
+    for index, source in enumerate(cuda_sources(executable)):
+        digest = hashlib.sha256(source.encode()).hexdigest()
+        name = f"{stem}.{index}.cubin"
+        started = time.perf_counter()
+        with target:
+            binary = compile_cuda(source, target_format="cubin", arch=str(target.attrs["arch"]),
+                                  compiler="nvcc")
+        (libs / name).write_bytes(bytes(binary))
+        print(f"  {name}: nvcc {time.perf_counter() - started:.0f} s", flush=True)
+        cubins.append({"file": name, "sha256": digest})
+    return cubins
 
 
 # ---- run: on the GPU, TVM runtime and PyTorch only ---------------------------------------------
@@ -113,6 +169,8 @@ def tvm_runner(tower: dict, libs: Path, device: str, state: dict, torch_dtype):
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
+    if device == "cuda":
+        load_cuda_runtime(tvm)
     dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
     vm = VirtualMachine(tvm.runtime.load_module(str(libs / tower["library"])), dev)
     params = [tvm.runtime.from_dlpack(state[name].to(torch_dtype).contiguous())
@@ -126,6 +184,47 @@ def tvm_runner(tower: dict, libs: Path, device: str, state: dict, torch_dtype):
     return run, dev.sync
 
 
+def load_cuda_runtime(tvm) -> None:
+    """Register TVM's CUDA runtime (device API, CUDA module loader) with the process.
+
+    `import tvm` loads `libtvm_runtime_cuda.so` only with the compiler; the runtime-only
+    import (`TVM_USE_RUNTIME_LIB=1`) skips every backend, and loading a CUDA library then fails
+    for want of `ffi.Module.load_from_bytes.cuda`. Its `libcudart.so.13` resolves to the one
+    PyTorch has already loaded.
+    """
+    import ctypes
+
+    loader = "ffi.Module.load_from_bytes.cuda"
+    if tvm.get_global_func(loader, allow_missing=True) is not None:
+        return
+    library = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+    if tvm.get_global_func(loader, allow_missing=True) is None:
+        raise RuntimeError(f"{library} loaded but registered no {loader}")
+
+
+def install_cubin_cache(tvm, libs: Path, towers: list[dict]) -> None:
+    """Answer TVM's load-time CUDA compile with the cubins `build` made, where the source
+    matches; TVM's own compiler (NVRTC) otherwise, with a line on the log."""
+    import hashlib
+
+    import tvm_ffi
+
+    cubins = {c["sha256"]: libs / c["file"] for t in towers for c in t.get("cubins", [])}
+    fallback = tvm.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def compile_or_reuse(code):
+        cubin = cubins.get(hashlib.sha256(code.encode()).hexdigest())
+        if cubin is not None and cubin.is_file():
+            return bytearray(cubin.read_bytes())
+        print(f"no prebuilt cubin for {len(code)} bytes of CUDA: compiling here", flush=True)
+        started = time.perf_counter()
+        binary = fallback(code)
+        print(f"compiled in {time.perf_counter() - started:.0f} s", flush=True)
+        return binary
+
+
 def tensorrt_runner(reference, images, dtype: str):
     """TensorRT through ONNX, or the reason it cannot run here."""
     try:
@@ -137,7 +236,8 @@ def tensorrt_runner(reference, images, dtype: str):
     import torch
 
     buffer = io.BytesIO()
-    torch.onnx.export(reference.float(), (images.float(),), buffer, dynamo=True)
+    # A float copy: `.float()` converts in place, and the caller times the shared reference.
+    torch.onnx.export(copy.deepcopy(reference).float(), (images.float(),), buffer, dynamo=True)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -161,6 +261,8 @@ def tensorrt_runner(reference, images, dtype: str):
 def run(libs: Path, models: list[str], dtypes: list[str], batches: list[int],
         runners: list[str], repeats: int, device: str, compile_mode: str,
         results: Path | None) -> int:
+    """Parity and timings, TVM first (its rows are written before the peers are timed, so a
+    call cut short by its time limit still returns them; `table` merges the two writes)."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -171,62 +273,114 @@ def run(libs: Path, models: list[str], dtypes: list[str], batches: list[int],
     manifest = json.loads((libs / "manifest.json").read_text())
     chosen = [t for t in manifest["towers"] if t["model"] in models and t["dtype"] in dtypes]
     sync = sync_for(torch, device)
+    if device == "cuda" and "tvm" in runners:
+        import tvm
+
+        load_cuda_runtime(tvm)
+        install_cubin_cache(tvm, libs, chosen)
     ceiling = matmul_ceiling(torch, device, repeats)
     machine = describe_device(torch, device)
     print(f"device: {machine}; matmul ceiling {ceiling:.1f} TFLOP/s", flush=True)
-    rows, failures = [], 0
+    rows, failures = {}, 0
+
+    def emit(row: dict) -> None:
+        rows[row_key(row)] = row
+        print(json.dumps(row), flush=True)
+        if results is not None:  # a run split over several calls: one table at the end
+            with results.open("a") as out:
+                out.write(json.dumps(row) + "\n")
+
     for (model, dtype), towers in itertools.groupby(chosen, lambda t: (t["model"], t["dtype"])):
         towers = list(towers)
+        started = time.perf_counter()
         torch_dtype = getattr(torch, dtype)
         reference = randomize_(VisionTransformer(**towers[0]["config"]), seed=0)
         reference = reference.eval().to(device)
         half = copy.deepcopy(reference).to(torch_dtype)  # what eager, compile, TensorRT run
-        compiled = torch.compile(half, mode=compile_mode) if "compile" in runners else None
         size = towers[0]["image_size"]
         generator = torch.Generator().manual_seed(0)
         images = (torch.rand(PARITY_BATCH, 3, size, size, generator=generator) * 2 - 1)
         inputs = {batch: (torch.rand(batch, 3, size, size, generator=generator) * 2 - 1)
                   .to(device=device, dtype=torch_dtype) for batch in batches}
-        with torch.no_grad():
-            peers = {batch: time_peers(runners, inputs[batch], half, compiled, sync, repeats,
-                                       device) for batch in batches}
-        for tower in towers:  # one per attention variant
-            tvm_forward, tvm_sync = tvm_runner(tower, libs, device, reference.state_dict(),
-                                               torch_dtype)
-            with torch.no_grad():
-                error, limit = parity(reference, half, tvm_forward, images.to(device))
-            status = "ok" if error <= limit else "FAIL"
+        base = {tower["attention"]: {
+            "model": model, "dtype": dtype, "attention": tower["attention"],
+            "ceiling_tflops": ceiling, "device": machine} for tower in towers}
+        for tower in towers if "tvm" in runners else []:  # one per attention variant
+            try:
+                tvm_forward, tvm_sync = tvm_runner(tower, libs, device, reference.state_dict(),
+                                                   torch_dtype)
+                with torch.no_grad():
+                    error, limit = parity(reference, half, tvm_forward, images.to(device))
+                status = "ok" if error <= limit else "FAIL"
+                print(f"{model} {dtype} {tower['attention']} attention: parity {error:.2e} "
+                      f"(limit {limit:.2e}) {status}", flush=True)
+                base[tower["attention"]].update(parity=status, parity_error=error,
+                                                parity_limit=limit)
+                for batch in batches:
+                    emit({**base[tower["attention"]], "batch": batch,
+                          "gflop": batch * tower["flops_per_image"] / 1e9,
+                          "tvm": median_ms(tvm_forward, inputs[batch], tvm_sync, repeats)})
+            except Exception:  # noqa: BLE001 - report it and go on with the other towers
+                status = "FAIL"
+                print(f"{model} {dtype} {tower['attention']} attention: TVM failed\n"
+                      f"{traceback.format_exc()}", flush=True)
+                base[tower["attention"]].update(parity="error")
             failures += status == "FAIL"
-            print(f"{model} {dtype} {tower['attention']} attention: parity {error:.2e} "
-                  f"(limit {limit:.2e}) {status}", flush=True)
-            for batch in batches:
-                row = {"model": model, "dtype": dtype, "attention": tower["attention"],
-                       "batch": batch, "parity": status,
-                       "gflop": batch * tower["flops_per_image"] / 1e9,
-                       "tvm": median_ms(tvm_forward, inputs[batch], tvm_sync, repeats),
-                       **peers[batch], "ceiling_tflops": ceiling, "device": machine}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if results is not None:  # a run split over several calls: one table at the end
-                    with results.open("a") as out:
-                        out.write(json.dumps(row) + "\n")
-    print_table(rows)
+        if set(runners) - {"tvm"}:
+            compiled = torch.compile(half, mode=compile_mode) if "compile" in runners else None
+            with torch.no_grad():
+                for batch in batches:
+                    peers = time_peers(runners, inputs[batch], half, compiled, sync, repeats,
+                                       device)
+                    for tower in towers:
+                        key = row_key({**base[tower["attention"]], "batch": batch})
+                        emit({**rows.get(key, base[tower["attention"]]), "batch": batch,
+                              "gflop": batch * tower["flops_per_image"] / 1e9, **peers})
+        print(f"{model} {dtype}: {time.perf_counter() - started:.0f} s", flush=True)
+        del reference, half
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    print_table(list(rows.values()))
     return 1 if failures else 0
 
 
+def row_key(row: dict) -> tuple:
+    """What one table row is: the rows of a run written twice (TVM, then peers) or over
+    several runs merge on this."""
+    return (row["model"], row["dtype"], row["attention"], row["batch"], row["device"])
+
+
 def time_peers(runners, x, half, compiled, sync, repeats: int, device: str) -> dict:
-    """Milliseconds of each PyTorch-side runner on `x`; TensorRT's with why it is absent."""
+    """Milliseconds of each PyTorch-side runner on `x` (None with a note when it failed);
+    torch.compile's first call (the compilation) is timed apart as `compile_first_s`."""
     times = {}
     if "eager" in runners:
-        times["eager"] = median_ms(half, x, sync, repeats)
+        times["eager"] = guarded(times, "eager", lambda: median_ms(half, x, sync, repeats))
     if compiled is not None:
-        times["compile"] = median_ms(compiled, x, sync, repeats)
+        def first_then_median():
+            started = time.perf_counter()
+            compiled(x)
+            sync()
+            times["compile_first_s"] = time.perf_counter() - started
+            return median_ms(compiled, x, sync, repeats)
+
+        times["compile"] = guarded(times, "compile", first_then_median)
     if "tensorrt" in runners:
         trt_run, reason = (tensorrt_runner(half, x, str(x.dtype).removeprefix("torch."))
                            if device == "cuda" else (None, "needs a CUDA GPU"))
         times["tensorrt"] = median_ms(trt_run, x, sync, repeats) if trt_run else None
         times["tensorrt_note"] = reason
     return times
+
+
+def guarded(times: dict, name: str, measure):
+    """`measure()`, or None with the error in `times[name + "_note"]` and on the log."""
+    try:
+        return measure()
+    except Exception as err:  # noqa: BLE001 - one failed peer must not end the run
+        print(f"{name} failed:\n{traceback.format_exc()}", flush=True)
+        times[f"{name}_note"] = f"{type(err).__name__}: {err}"[:300]
+        return None
 
 
 def parity(reference, half, tvm_forward, images) -> tuple[float, float]:
@@ -248,11 +402,22 @@ def describe_device(torch, device: str) -> str:
     if device != "cuda":
         return "CPU"
     props = torch.cuda.get_device_properties(0)
-    return f"{props.name}, CUDA {torch.version.cuda}, torch {torch.__version__}"
+    try:
+        query = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]
+        driver = subprocess.run(query, capture_output=True, text=True,
+                                timeout=30).stdout.split()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        driver = "unknown"
+    return (f"{props.name}, driver {driver}, CUDA {torch.version.cuda}, "
+            f"torch {torch.__version__}")
 
 
 def print_table(rows: list[dict]) -> None:
     """One markdown table: a row per model, dtype, attention variant and batch."""
+    merged: dict[tuple, dict] = {}
+    for row in rows:  # later writes of a row (its peers, another call) complete earlier ones
+        merged[row_key(row)] = {**merged.get(row_key(row), {}), **row}
+    rows = list(merged.values())
     peers = [r for r in RUNNERS[1:] if any(r in row for row in rows)]
     devices = sorted({row["device"] for row in rows})
     print(f"\ndevice: {', '.join(devices)}; TFLOP/s and % of the fp16 matmul ceiling of its run")
@@ -261,16 +426,19 @@ def print_table(rows: list[dict]) -> None:
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
-        tflops = row["gflop"] / row["tvm"]  # GFLOP per ms = TFLOP/s
-        speedup = row["compile"] / row["tvm"] if row.get("compile") else None
-        cells = [row["model"], row["dtype"], row["attention"], str(row["batch"]), row["parity"],
-                 f"{row['tvm']:.2f}", *[fmt(row.get(p)) for p in peers],
-                 f"{speedup:.2f}x" if speedup else "-", f"{tflops:.3g}",
-                 f"{100 * tflops / row['ceiling_tflops']:.0f}%"]
+        tvm_ms = row.get("tvm")
+        tflops = row["gflop"] / tvm_ms if tvm_ms else None  # GFLOP per ms = TFLOP/s
+        speedup = row["compile"] / tvm_ms if row.get("compile") and tvm_ms else None
+        cells = [row["model"], row["dtype"], row["attention"], str(row["batch"]),
+                 row.get("parity", "-"), fmt(tvm_ms), *[fmt(row.get(p)) for p in peers],
+                 f"{speedup:.2f}x" if speedup else "-",
+                 f"{tflops:.3g}" if tflops else "-",
+                 f"{100 * tflops / row['ceiling_tflops']:.0f}%" if tflops else "-"]
         print("| " + " | ".join(cells) + " |")
-    notes = {row.get("tensorrt_note") for row in rows} - {None}
-    for note in notes:
-        print(f"tensorrt: {note}")
+    notes = {(key, row[key]) for row in rows for key in row if key.endswith("_note")}
+    for key, note in sorted(notes, key=str):
+        if note is not None:
+            print(f"{key.removesuffix('_note')}: {note}")
 
 
 def fmt(value) -> str:

@@ -45,7 +45,11 @@ def download_checkpoint(name: str) -> str:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    if not constants.HF_HUB_OFFLINE:
+    cached = cached_checkpoint(name)
+    if cached is not None:
+        return cached
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true")
+    if not offline:
         _check_hub_reachable(constants.ENDPOINT, name)
     try:
         return hf_hub_download(repo_id=hub_repo(name), filename=hub_filename(name),

@@ -135,9 +135,10 @@ class Encoder:
         if self._device is None:
             device = for_target(self.target).device(self.target)
             if not device.exist:
-                raise DeviceError(
-                    f"target {self.target.kind.name} needs a {self.target.kind.name.upper()} "
-                    "device and this machine has none visible (export works without one)")
+                kind = self.target.kind.name
+                wanted = "CUDA GPU" if kind == "cuda" else f"{kind} device"
+                raise DeviceError(f"target {kind} needs a {wanted} and this machine has none "
+                                  "visible (export works without one: a cross-compile)")
             self._device = device
         return self._device
 

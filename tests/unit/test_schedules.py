@@ -5,6 +5,7 @@ every loop nest bound to threads), and a kernel no rule fits fails the build by 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
 import tvm
@@ -14,7 +15,7 @@ from tvm.script import tirx as T
 from pe_port.backends import CPU, GPU
 from pe_port.build import cpu_target, cuda_target, export_tower
 from pe_port.config import custom_config
-from pe_port.kernels.schedule_cpu import require_scheduled
+from pe_port.kernels.schedule_cpu import UnscheduledKernelWarning, require_scheduled
 
 # Every op the towers use: RoPE and absolute posemb, cls token, attention pool, projection;
 # width 40 is not a multiple of 16, so the generic layer norm is scheduled too.
@@ -26,7 +27,8 @@ def scheduled(backend_name: str) -> tvm.IRModule:
     backend, target = {"cpu": (CPU, cpu_target()), "gpu": (GPU, cuda_target("sm_80"))}[
         backend_name]
     mod, _ = export_tower(CONFIG, "float32", (), backend)
-    with target:
+    with target, warnings.catch_warnings():
+        warnings.simplefilter("error", UnscheduledKernelWarning)  # none in the fp32 build
         return tvm.transform.Sequential(backend.schedule_stage(target))(mod)
 
 
@@ -76,3 +78,13 @@ def test_a_kernel_no_rule_fits_fails_the_build_by_name():
     # The error crosses TVM's pass boundary as the RuntimeError it derives from.
     with pytest.raises(RuntimeError, match="no schedule rule fits kernel.*lonely_kernel"):
         require_scheduled("CPU")(mod)
+
+
+def test_a_kernel_no_rule_fits_is_a_warning_where_not_strict():
+    @T.prim_func(private=True)
+    def lonely(a: T.Buffer((4,), "float32")):
+        for i in range(4):
+            a[i] = T.float32(2)
+
+    with pytest.warns(UnscheduledKernelWarning, match="lonely_kernel"):
+        require_scheduled("CPU", strict=False)(tvm.IRModule({"lonely_kernel": lonely}))

@@ -10,11 +10,14 @@ else: rows in parallel, the innermost (feature) axis vectorised.
 
 The hand-written kernels carry their schedule in their loop nest and the attribute
 `tirx.is_scheduled`, so the rules leave them alone. `schedule_passes` ends with
-`require_scheduled`: a kernel no rule could schedule fails the build, naming it, instead of
-running as a slow scalar loop nobody notices.
+`require_scheduled`: a kernel no rule could schedule is named in an `UnscheduledKernelWarning`
+(on the GPU, an error), instead of running as a slow scalar loop nobody notices; the float32
+CPU build of every tower is checked to emit none.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import tvm
 from tvm import s_tir, tirx
@@ -25,6 +28,12 @@ VECTOR_LANES = 16  # fp32 lanes of an AVX-512 register; LLVM splits them on narr
 
 class UnscheduledKernelError(RuntimeError):
     """A kernel left without a schedule: a rule is missing for it (a bug, not a user error)."""
+
+
+class UnscheduledKernelWarning(UserWarning):
+    """A kernel left as TVM legalized it (one thread, scalar loops): correct but slow. The
+    float32 CPU build must emit none (`tests/unit/test_schedules.py`); the generic and
+    half-precision graphs on a CPU (matmuls and convolutions no rule here takes) do."""
 
 
 class RowParallelVectorized(dlight.ScheduleRule):
@@ -103,21 +112,25 @@ def unscheduled_kernels(mod: tvm.IRModule) -> list[str]:
                   if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled"))
 
 
-def require_scheduled(stage: str) -> tvm.transform.Pass:
-    """A pass that fails the build if any kernel is left unscheduled."""
+def require_scheduled(stage: str, strict: bool = True) -> tvm.transform.Pass:
+    """A pass that fails the build (`strict`), or warns, if any kernel is left unscheduled."""
 
     @tvm.transform.module_pass(opt_level=0, name=f"RequireScheduled{stage}")
     def check(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         missing = unscheduled_kernels(mod)
         if missing:
-            raise UnscheduledKernelError(
-                f"{stage}: no schedule rule fits kernel(s) {', '.join(missing)}; add a rule in "
-                f"pe_port/kernels/schedule_{stage.lower()}.py or write the kernel by hand")
+            message = (f"{stage}: no schedule rule fits kernel(s) {', '.join(missing)}; add a "
+                       f"rule in pe_port/kernels/schedule_{stage.lower()}.py or write the "
+                       "kernel by hand")
+            if strict:
+                raise UnscheduledKernelError(message)
+            warnings.warn(message, UnscheduledKernelWarning, stacklevel=1)
         return mod
 
     return check
 
 
-def schedule_passes(rules: list[dlight.ScheduleRule], stage: str) -> list[tvm.transform.Pass]:
+def schedule_passes(rules: list[dlight.ScheduleRule], stage: str,
+                    strict: bool = True) -> list[tvm.transform.Pass]:
     """TVM's `ApplyDefaultSchedule` with `rules`, then `require_scheduled`."""
-    return [dlight.ApplyDefaultSchedule(*rules), require_scheduled(stage)]
+    return [dlight.ApplyDefaultSchedule(*rules), require_scheduled(stage, strict)]
