@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # reference/ (not installed)
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "PE-Core-T16-384"
 IMAGE = ROOT / "src" / "pe_port" / "assets" / "sample.png"
