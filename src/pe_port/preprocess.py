@@ -32,7 +32,10 @@ def load_image(path: str | Path) -> Image.Image:
             check_pixel_count(image.size, path)
             image.load()
             return image.copy()
-    except (OSError, ValueError, Image.DecompressionBombError, MemoryError) as err:
+    except Image.DecompressionBombError:  # Pillow's own limit, above ours: same answer
+        raise ImageError(f"image {path} declares more than the {MAX_IMAGE_PIXELS:,} pixels "
+                         "pe-port reads") from None
+    except (OSError, ValueError, MemoryError) as err:
         raise ImageError(f"cannot read image {path}: {err}") from None
 
 

@@ -85,7 +85,7 @@ def npy_with_header(header: str) -> bytes:
 @pytest.mark.parametrize("header, message", [
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3, 1099511627776), }", "declares"),
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,), }",
-     "bad header"),
+     "declares"),
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 3,", "bad header"),
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (1 3 2 2), }", "bad header"),
     ("{'descr': '<f999999999', 'fortran_order': False, 'shape': (1,), }", "bad header"),
