@@ -193,14 +193,16 @@ class Encoder:
         return self(self.preprocess(paths, center_crop))
 
     # ---- export -----------------------------------------------------------------------------
-    def export(self, out_dir: str | Path, feature_variants: Sequence = ()) -> Path:
+    def export(self, out_dir: str | Path, feature_variants: Sequence = (),
+               progress: Progress = None) -> Path:
         """Write library, weights and metadata for the C++ runner (`artifact.py`); all or
         nothing, and never over anything but an earlier artifact.
 
         The library always holds `forward` and the default `forward_features`; each
         `(layer_idx, norm, strip_cls_token)` in `feature_variants` adds that variant. The
         library is copied from the compile cache, not compiled again; the target's device is
-        not needed (CUDA artifacts are built on machines without a GPU).
+        not needed (CUDA artifacts are built on machines without a GPU). `progress` hears
+        of a compile, if one is needed (default: what `load` was given).
         """
         import tvm as _tvm
 
@@ -211,6 +213,8 @@ class Encoder:
         variants = extra_variants(check_feature_variants(feature_variants, layers), layers)
         check_export_destination(Path(out_dir).absolute())  # before a compile, not after
         np_dtype = to_numpy_dtype(self.dtype)
+        if progress is not None:
+            self._progress = progress
         return write_artifact(
             Path(out_dir),
             library=self.library(variants),
