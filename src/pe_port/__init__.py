@@ -1,7 +1,9 @@
 """pe-port: Meta's Perception Encoder vision towers written by hand for Apache TVM.
 
 `load` and `Encoder` are imported on first use: `import pe_port` (and `pe-port list`) does not
-pay for importing TVM.
+pay for importing TVM. `preprocess` (NumPy and Pillow only) is imported here: the function has
+its module's name, and a lazy attribute would turn into the module once anything imports
+`pe_port.preprocess`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pe_port.config import (  # noqa: E402
     custom_config,
     get_config,
 )
+from pe_port.preprocess import preprocess  # noqa: E402
 
-_LAZY = {"load": "pe_port.api", "Encoder": "pe_port.runtime", "preprocess": "pe_port.preprocess"}
+_LAZY = {"load": "pe_port.api", "Encoder": "pe_port.runtime"}
 
 
 def __getattr__(name: str):

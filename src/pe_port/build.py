@@ -23,6 +23,7 @@ from pe_port.artifact import FeatureVariant
 from pe_port.backends import Backend, for_target
 from pe_port.config import PEConfig
 from pe_port.errors import TargetError
+from pe_port.kernels.tvmscript import quick_frame_inspection
 from pe_port.model import VisionTransformer
 
 # Compute capability the CUDA build targets when neither told nor on a GPU machine (H100).
@@ -145,7 +146,7 @@ def export_tower(
             model.forward_features, norm=variant.norm, layer_idx=variant.layer_idx,
             strip_cls_token=variant.strip_cls_token)
     specs = [MethodSpec.from_raw({"x": image_spec(dtype)}, method) for method in methods.values()]
-    with ops.use_backend(backend or Backend()):
+    with ops.use_backend(backend or Backend()), quick_frame_inspection():
         mod, params = model.export_tvm(ModuleSpec(model, list(methods), specs))
     mod = lift_weight_transforms(mod)
     return mod, [(name, tuple(int(d) for d in param.shape)) for name, param in params]
@@ -153,7 +154,8 @@ def export_tower(
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     """Compile a Relax module with the pipeline of the target's backend."""
-    return tvm.compile(mod, target, relax_pipeline=for_target(target).pipeline(target))
+    with quick_frame_inspection():  # dlight's GPU rules parse TVM's tensor intrinsics
+        return tvm.compile(mod, target, relax_pipeline=for_target(target).pipeline(target))
 
 
 def build_tower(config: PEConfig, dtype: str, target: tvm.target.Target,

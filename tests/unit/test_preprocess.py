@@ -68,3 +68,15 @@ def test_unreadable_image_is_named(tmp_path):
     path.write_bytes(b"\xff\xd8\xff not really a jpeg")
     with pytest.raises(ImageError, match="broken.jpg"):
         load_image(path)
+
+
+def test_package_preprocess_stays_the_function():
+    """`pe_port.preprocess` is the function even after its module is imported by name (a lazy
+    attribute of the package was once replaced by the module `pe_port.preprocess`)."""
+    import importlib
+
+    import pe_port
+
+    importlib.import_module("pe_port.preprocess")
+    importlib.import_module("pe_port.runtime")
+    assert pe_port.preprocess is preprocess

@@ -26,6 +26,7 @@ from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
 from pe_port.kernels.common import LOG2E, NEG_LARGE, exp_nonpositive
+from pe_port.kernels.tvmscript import quick_frame_inspection
 
 # CPU: keys per chunk of the attention scores (4 vectors); key storage is padded to a multiple.
 KEY_CHUNK = 64
@@ -44,6 +45,7 @@ def attention_rows(head_dim: int) -> int:
 
 
 @functools.cache  # one parse per head shape, not one per call site
+@quick_frame_inspection()
 def make_pack_keys_kernel(heads: int, head_dim: int):
     """`k [b, s, h, d]` to `[b, h, s_pad / C, d, C]` (C = KEY_CHUNK), zero past `s`.
 
@@ -85,6 +87,7 @@ def pack_keys(k: nn.Tensor) -> nn.Tensor:
 
 
 @functools.cache  # one parse per head shape and scale
+@quick_frame_inspection()
 def make_attention_kernel(heads: int, head_dim: int, scale: float):
     """`softmax(q k^T * scale) v` per head, for `rows` queries of one head per parallel task.
 
@@ -181,6 +184,7 @@ def cpu_attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.
 # ---- GPU --------------------------------------------------------------------------------------
 
 @functools.cache  # one parse per head shape, scale and dtype
+@quick_frame_inspection()
 def make_flash_attention_kernel(heads: int, head_dim: int, scale: float, dtype: str,
                                 emulate: bool = False):
     """`out[b, i, h*d:(h+1)*d] = softmax_j(q_i . k_j * scale) v_j`; a block per (b, h, 64 rows).

@@ -20,6 +20,7 @@ from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
 from pe_port.kernels.common import exp_nonpositive
+from pe_port.kernels.tvmscript import quick_frame_inspection
 
 
 def dense_tile(n: int) -> tuple[int, int]:
@@ -61,6 +62,7 @@ def _erf(x):
 
 
 @functools.cache  # one parse per shape, not one per call site
+@quick_frame_inspection()
 def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | None):
     """`out[b, s, n] = epilogue(x[b, s, k] @ w[n, k]^T + bias[n])` on packed `w [n/cols, k, cols]`.
 

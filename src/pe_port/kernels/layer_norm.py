@@ -8,8 +8,11 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
+from pe_port.kernels.tvmscript import quick_frame_inspection
+
 
 @functools.cache  # one parse per width
+@quick_frame_inspection()
 def make_layer_norm_kernel(width: int, eps: float):
     """`(x - mean) / sqrt(var + eps) * weight + bias` over the last axis of `[b, s, width]`.
 

@@ -8,8 +8,11 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
+from pe_port.kernels.tvmscript import quick_frame_inspection
+
 
 @functools.cache  # one parse per channel count, patch and dtype
+@quick_frame_inspection()
 def make_image_patches_kernel(channels: int, patch: int, dtype: str):
     """`[b, c, h, w]` pixels to `[b, (h / p) (w / p), c p p]` rows, one per patch, each in the
     `(c, ky, kx)` order of the conv weight: the patch embedding becomes a `dense`.

@@ -12,10 +12,13 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
+from pe_port.kernels.tvmscript import quick_frame_inspection
+
 ROPE_THETA = 10000.0
 
 
 @functools.cache  # one parse per head shape and dtype
+@quick_frame_inspection()
 def make_rope_qkv_kernel(heads: int, head_dim: int, use_cls_token: bool, dtype: str):
     """Build the TIR kernel `qkv [b, s, 3 * heads * head_dim] -> q, k, v [b, s, heads, head_dim]`.
 
