@@ -76,8 +76,8 @@ def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, de
             library = libs / f"{model}-{dtype}-{variant}.so"
             executable = compile_module(mod, target)
             executable.export_library(str(library))
-            cubins = precompile_cuda(executable, target, libs, library.stem) if device == "cuda" \
-                else []
+            cubins = (save_cuda_sources(executable, libs, library.stem) if device == "cuda"
+                      else [])
             print(f"built {library.name} in {time.perf_counter() - started:.0f} s", flush=True)
             manifest["towers"] = [t for t in manifest["towers"]
                                   if t["library"] != library.name]
@@ -104,30 +104,52 @@ def cuda_sources(executable) -> list[str]:
     return [m.inspect_source("cuda") for m in modules(executable.mod) if m.kind == "cuda"]
 
 
-def precompile_cuda(executable, target, libs: Path, stem: str) -> list[dict]:
-    """Compile the library's CUDA kernels to a cubin here, with TVM's own nvcc command.
+def save_cuda_sources(executable, libs: Path, stem: str) -> list[dict]:
+    """Write the library's CUDA C++ next to `libs` for the `cubins` phase; one entry per CUDA
+    module (the cubin's file name and the SHA-256 of the source it answers)."""
+    import hashlib
+
+    sources = cuda_source_dir(libs)
+    sources.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, source in enumerate(cuda_sources(executable)):
+        name = f"{stem}.{index}"
+        (sources / f"{name}.cu").write_text(source)
+        entries.append({"file": f"{name}.cubin",
+                        "sha256": hashlib.sha256(source.encode()).hexdigest()})
+    return entries
+
+
+def cuda_source_dir(libs: Path) -> Path:
+    """Beside `libs`, not in it: the sources are large and the GPU machine needs none."""
+    return libs.parent / f"{libs.name}_cuda_src"
+
+
+def precompile_cubins(libs: Path) -> None:
+    """Compile each library's CUDA C++ to a cubin here, with TVM's own nvcc command.
 
     TVM 0.27 exports CUDA kernels as source and compiles them when the library is loaded
     (`tvm_callback_cuda_compile`): a minute or more of the GPU machine's time per library.
     `run` hands these cubins to that callback instead (`install_cubin_cache`), matched by the
     SHA-256 of the source, and falls back to TVM's compiler on a miss.
     """
-    import hashlib
-
+    import tvm
     from tvm.support.nvcc import compile_cuda
 
-    cubins = []
-    for index, source in enumerate(cuda_sources(executable)):
-        digest = hashlib.sha256(source.encode()).hexdigest()
-        name = f"{stem}.{index}.cubin"
-        started = time.perf_counter()
-        with target:
-            binary = compile_cuda(source, target_format="cubin", arch=str(target.attrs["arch"]),
-                                  compiler="nvcc")
-        (libs / name).write_bytes(bytes(binary))
-        print(f"  {name}: nvcc {time.perf_counter() - started:.0f} s", flush=True)
-        cubins.append({"file": name, "sha256": digest})
-    return cubins
+    manifest = json.loads((libs / "manifest.json").read_text())
+    target = tvm.target.Target(json.loads(manifest["target"]))
+    for tower in manifest["towers"]:
+        for entry in tower.get("cubins", []):
+            cubin = libs / entry["file"]
+            source = cuda_source_dir(libs) / cubin.with_suffix(".cu").name
+            if cubin.is_file() or not source.is_file():
+                continue
+            started = time.perf_counter()
+            with target:
+                binary = compile_cuda(source.read_text(), target_format="cubin",
+                                      arch=str(target.attrs["arch"]), compiler="nvcc")
+            cubin.write_bytes(bytes(binary))
+            print(f"{cubin.name}: nvcc {time.perf_counter() - started:.0f} s", flush=True)
 
 
 # ---- run: on the GPU, TVM runtime and PyTorch only ---------------------------------------------
@@ -447,8 +469,10 @@ def fmt(value) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", nargs="?", choices=["all", "build", "run", "table"],
-                        default="all", help="table: print the table of the rows in --results")
+    parser.add_argument("phase", nargs="?", choices=["all", "build", "cubins", "run", "table"],
+                        default="all", help="cubins: compile the CUDA kernels of the built "
+                        "libraries here (else TVM compiles them when `run` loads them); table: "
+                        "print the table of the rows in --results")
     parser.add_argument("--libs", type=Path, default=ROOT / "build" / "gpu_bench")
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--dtypes", nargs="+", default=DTYPES,
@@ -472,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.phase in ("all", "build"):
         build(args.libs, args.models, args.dtypes, args.arch, args.device, args.attention)
+    if args.phase == "cubins":
+        precompile_cubins(args.libs)
     if args.phase in ("all", "run"):
         return run(args.libs, args.models, args.dtypes, args.batches, args.runners,
                    args.repeats, args.device, args.compile_mode, args.results)
