@@ -72,6 +72,10 @@ def test_half_precision_matmuls_run_on_tensor_cores(dtype):
 
 
 @needs_nvcc
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "no dlight rule schedules the [b, h, s, s] softmax-and-cast kernel: GeneralReduction and "
+    "Fallback both stop at 'The reduction block vars are not used to index the output "
+    "buffers' (docs/porting.md); strict, so a TVM that fixes it turns this red"))
 def test_unfused_attention_variant_cross_compiles():
     """`gpu_unfused` (the attention as two matmuls around a softmax), timed against the flash
     kernel by scripts/gpu_bench.py --attention. Not bf16: TVM fails to lower the fused bf16
