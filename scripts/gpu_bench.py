@@ -35,6 +35,11 @@ BATCHES = [1, 8, 64]
 RUNNERS = ["tvm", "eager", "compile", "tensorrt"]
 PARITY_BATCH = 2
 FP32_TOLERANCE = 1e-4
+# TVM's nvcc flags for a cubin (`tvm.support.nvcc.compile_cuda`, as it ran here for sm_90).
+NVCC_FLAGS = ["--cubin", "-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+              "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+              "-U__CUDA_NO_BFLOAT162_OPERATORS__", "-U__CUDA_NO_BFLOAT162_CONVERSIONS__",
+              "--expt-relaxed-constexpr", "--expt-extended-lambda", "--use_fast_math"]
 
 
 # ---- build: here, with TVM's compiler ---------------------------------------------------------
@@ -126,30 +131,35 @@ def cuda_source_dir(libs: Path) -> Path:
 
 
 def precompile_cubins(libs: Path) -> None:
-    """Compile each library's CUDA C++ to a cubin here, with TVM's own nvcc command.
+    """Compile each library's saved CUDA C++ to a cubin with nvcc and TVM's flags, all at once
+    (no TVM needed: this runs here or on the GPU machine, whichever has the cores).
 
     TVM 0.27 exports CUDA kernels as source and compiles them when the library is loaded
-    (`tvm_callback_cuda_compile`): a minute or more of the GPU machine's time per library.
-    `run` hands these cubins to that callback instead (`install_cubin_cache`), matched by the
-    SHA-256 of the source, and falls back to TVM's compiler on a miss.
+    (`tvm_callback_cuda_compile`); `run` hands it these cubins instead (`install_cubin_cache`),
+    matched by the SHA-256 of the source.
     """
-    import tvm
-    from tvm.support.nvcc import compile_cuda
+    from concurrent.futures import ThreadPoolExecutor
 
     manifest = json.loads((libs / "manifest.json").read_text())
-    target = tvm.target.Target(json.loads(manifest["target"]))
+    arch = json.loads(manifest["target"])["arch"]
+    jobs = []
     for tower in manifest["towers"]:
         for entry in tower.get("cubins", []):
             cubin = libs / entry["file"]
             source = cuda_source_dir(libs) / cubin.with_suffix(".cu").name
-            if cubin.is_file() or not source.is_file():
-                continue
-            started = time.perf_counter()
-            with target:
-                binary = compile_cuda(source.read_text(), target_format="cubin",
-                                      arch=str(target.attrs["arch"]), compiler="nvcc")
-            cubin.write_bytes(bytes(binary))
-            print(f"{cubin.name}: nvcc {time.perf_counter() - started:.0f} s", flush=True)
+            if not cubin.is_file() and source.is_file():
+                jobs.append((source, cubin))
+
+    def compile_one(job) -> str:
+        source, cubin = job
+        started = time.perf_counter()
+        subprocess.run(["nvcc", *NVCC_FLAGS, "-arch", arch, "-o", str(cubin), str(source)],
+                       check=True)
+        return f"{cubin.name}: nvcc {time.perf_counter() - started:.0f} s"
+
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        for line in pool.map(compile_one, jobs):
+            print(line, flush=True)
 
 
 # ---- run: on the GPU, TVM runtime and PyTorch only ---------------------------------------------
@@ -225,26 +235,32 @@ def load_cuda_runtime(tvm) -> None:
         raise RuntimeError(f"{library} loaded but registered no {loader}")
 
 
-def install_cubin_cache(tvm, libs: Path, towers: list[dict]) -> None:
-    """Answer TVM's load-time CUDA compile with the cubins `build` made, where the source
-    matches; TVM's own compiler (NVRTC) otherwise, with a line on the log."""
+def install_cubin_cache(tvm, libs: Path, towers: list[dict], arch: str) -> None:
+    """Answer TVM's load-time CUDA compile with the cubins made from the saved sources (here by
+    `cubins`, or on the GPU machine by scripts/device_run.sh), matched by the SHA-256 of the
+    source; on a miss, nvcc with TVM's flags, with a line on the log (the runtime-only TVM has
+    no compiler of its own)."""
     import hashlib
+    import tempfile
 
     import tvm_ffi
 
     cubins = {c["sha256"]: libs / c["file"] for t in towers for c in t.get("cubins", [])}
-    fallback = tvm.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
 
     @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
     def compile_or_reuse(code):
         cubin = cubins.get(hashlib.sha256(code.encode()).hexdigest())
         if cubin is not None and cubin.is_file():
             return bytearray(cubin.read_bytes())
-        print(f"no prebuilt cubin for {len(code)} bytes of CUDA: compiling here", flush=True)
+        print(f"no prebuilt cubin for {len(code)} bytes of CUDA: nvcc here", flush=True)
         started = time.perf_counter()
-        binary = fallback(code)
-        print(f"compiled in {time.perf_counter() - started:.0f} s", flush=True)
-        return binary
+        with tempfile.TemporaryDirectory() as folder:
+            source, binary = Path(folder) / "kernels.cu", Path(folder) / "kernels.cubin"
+            source.write_text(code)
+            subprocess.run(["nvcc", *NVCC_FLAGS, "-arch", arch, "-o", str(binary), str(source)],
+                           check=True)
+            print(f"compiled in {time.perf_counter() - started:.0f} s", flush=True)
+            return bytearray(binary.read_bytes())
 
 
 def tensorrt_runner(reference, images, dtype: str):
@@ -299,7 +315,8 @@ def run(libs: Path, models: list[str], dtypes: list[str], batches: list[int],
         import tvm
 
         load_cuda_runtime(tvm)
-        install_cubin_cache(tvm, libs, chosen)
+        arch = json.loads(manifest["target"])["arch"]
+        install_cubin_cache(tvm, libs, chosen, arch)
     ceiling = matmul_ceiling(torch, device, repeats)
     machine = describe_device(torch, device)
     print(f"device: {machine}; matmul ceiling {ceiling:.1f} TFLOP/s", flush=True)
