@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench bench-gpu lint clean
+.PHONY: test test-all demo bench bench-gpu lint clean
 comma := ,
 
 $(STAMP): pyproject.toml
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) cpp-deps
 	$(PY) -m pytest -q
+
+# Also the `slow` tests: official-size towers and the CUDA builds of every dtype and arch.
+test-all: $(STAMP) cpp-deps
+	$(PY) -m pytest -q -m "slow or not slow"
 
 # Times TVM against PyTorch eager, torch.compile and ONNX Runtime on the official models.
 BENCH_MODELS ?= PE-Core-T16-384,PE-Core-S16-384,PE-Core-B16-224,PE-Spatial-B16-512
