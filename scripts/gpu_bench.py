@@ -141,7 +141,7 @@ def precompile_cubins(libs: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     manifest = json.loads((libs / "manifest.json").read_text())
-    arch = json.loads(manifest["target"])["arch"]
+    arch = manifest_arch(manifest)
     jobs = []
     for tower in manifest["towers"]:
         for entry in tower.get("cubins", []):
@@ -153,13 +153,23 @@ def precompile_cubins(libs: Path) -> None:
     def compile_one(job) -> str:
         source, cubin = job
         started = time.perf_counter()
-        subprocess.run(["nvcc", *NVCC_FLAGS, "-arch", arch, "-o", str(cubin), str(source)],
-                       check=True)
+        nvcc_cubin(source, cubin, arch)
         return f"{cubin.name}: nvcc {time.perf_counter() - started:.0f} s"
 
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
         for line in pool.map(compile_one, jobs):
             print(line, flush=True)
+
+
+def nvcc_cubin(source: Path, cubin: Path, arch: str) -> None:
+    """`source` (CUDA C++) to `cubin` for `arch`, as TVM's own nvcc call would."""
+    subprocess.run(["nvcc", *NVCC_FLAGS, "-arch", arch, "-o", str(cubin), str(source)],
+                   check=True)
+
+
+def manifest_arch(manifest: dict) -> str:
+    """The "sm_XY" the manifest's libraries were built for."""
+    return json.loads(manifest["target"])["arch"]
 
 
 # ---- run: on the GPU, TVM runtime and PyTorch only ---------------------------------------------
@@ -257,8 +267,7 @@ def install_cubin_cache(tvm, libs: Path, towers: list[dict], arch: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
             source, binary = Path(folder) / "kernels.cu", Path(folder) / "kernels.cubin"
             source.write_text(code)
-            subprocess.run(["nvcc", *NVCC_FLAGS, "-arch", arch, "-o", str(binary), str(source)],
-                           check=True)
+            nvcc_cubin(source, binary, arch)
             print(f"compiled in {time.perf_counter() - started:.0f} s", flush=True)
             return bytearray(binary.read_bytes())
 
@@ -315,8 +324,7 @@ def run(libs: Path, models: list[str], dtypes: list[str], batches: list[int],
         import tvm
 
         load_cuda_runtime(tvm)
-        arch = json.loads(manifest["target"])["arch"]
-        install_cubin_cache(tvm, libs, chosen, arch)
+        install_cubin_cache(tvm, libs, chosen, manifest_arch(manifest))
     ceiling = matmul_ceiling(torch, device, repeats)
     machine = describe_device(torch, device)
     print(f"device: {machine}; matmul ceiling {ceiling:.1f} TFLOP/s", flush=True)
@@ -488,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("phase", nargs="?", choices=["all", "build", "cubins", "run", "table"],
                         default="all", help="cubins: compile the CUDA kernels of the built "
-                        "libraries here (else TVM compiles them when `run` loads them); table: "
+                        "libraries with nvcc, all at once (else `run` compiles each on load); "
+                        "table: "
                         "print the table of the rows in --results")
     parser.add_argument("--libs", type=Path, default=ROOT / "build" / "gpu_bench")
     parser.add_argument("--models", nargs="+", default=MODELS)

@@ -146,7 +146,7 @@ def export_tower(
             model.forward_features, norm=variant.norm, layer_idx=variant.layer_idx,
             strip_cls_token=variant.strip_cls_token)
     specs = [MethodSpec.from_raw({"x": image_spec(dtype)}, method) for method in methods.values()]
-    with ops.use_backend(backend or Backend()), quick_frame_inspection():
+    with ops.use_backend(backend or Backend()):
         mod, params = model.export_tvm(ModuleSpec(model, list(methods), specs))
     mod = lift_weight_transforms(mod)
     return mod, [(name, tuple(int(d) for d in param.shape)) for name, param in params]
@@ -154,7 +154,9 @@ def export_tower(
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     """Compile a Relax module with the pipeline of the target's backend."""
-    with quick_frame_inspection():  # dlight's GPU rules parse TVM's tensor intrinsics
+    # Our kernels parse under it in their `make_*`; here for dlight's GPU rules, which parse
+    # TVM's tensor intrinsics on first use.
+    with quick_frame_inspection():
         return tvm.compile(mod, target, relax_pipeline=for_target(target).pipeline(target))
 
 
