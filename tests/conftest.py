@@ -11,6 +11,9 @@ import reference
 from reference.random_weights import randomize_
 
 SMALL_MODEL = "PE-Core-T16-384"
+# The one forward_features variant (layer_idx, norm, strip_cls) the tests of SMALL_MODEL use,
+# as -2 or as 10 (the same block of 12): with the plain library, two compiles for the suite.
+T16_VARIANT = (-2, True, True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pe_port.checkpoint import cached_checkpoint, download_checkpoint, read_vision_weights
@@ -32,6 +32,7 @@ def load(
     progress: Callable[[str], None] | None = stderr_progress,
     arch: str | None = None,
     require_device: bool = True,
+    feature_variants: Sequence = (),
 ) -> Encoder:
     """Load an official PE vision model, compiled for `target` ("cpu", "cuda" or a TVM dict).
 
@@ -40,6 +41,8 @@ def load(
     Compiled libraries are cached on disk: a second `load` of the same model neither builds the
     graph nor compiles. `arch` picks the GPU generation of a CUDA target ("sm_87", "sm_90").
     `require_device=False` gives an encoder for a target this machine cannot run, for `export`.
+    `feature_variants`, `(layer_idx, norm, strip_cls_token)` triples, are compiled into the
+    same library as `forward` (one compile, not one per variant at its first call).
     """
     from pe_port.build import resolve_target
 
@@ -56,5 +59,5 @@ def load(
     if require_device:
         configure_tvm_threads()  # before the first kernel: TVM sizes its pool only once
         encoder.device  # noqa: B018  fails before a compile on a machine without the device
-        encoder.prepare()
+        encoder.prepare(feature_variants)
     return encoder

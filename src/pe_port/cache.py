@@ -46,12 +46,14 @@ def source_fingerprint() -> str:
 
 def cache_key(config, dtype: str, variants: Sequence[FeatureVariant], target: str,
               backend: str) -> str:
-    """The entry name of a library: a hash of everything that determines it."""
+    """The entry name of a library: a hash of everything that determines it. Variants count
+    by the function they compile to: layer_idx -2 and 10 of a 12-block tower share a library."""
     import tvm
 
     from pe_port import __version__
 
-    text = json.dumps([asdict(config), dtype, [list(v) for v in variants], target, backend,
+    functions = [variant.function_name(config.layers) for variant in variants]
+    text = json.dumps([asdict(config), dtype, functions, target, backend,
                        tvm.__version__, __version__, source_fingerprint()])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 

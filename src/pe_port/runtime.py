@@ -142,21 +142,34 @@ class Encoder:
             self._device = device
         return self._device
 
-    def prepare(self) -> Encoder:
-        """Compile or load `forward` and put the weights on the device now, not at the first
-        call (what `pe_port.load` does)."""
+    def prepare(self, feature_variants: Sequence = ()) -> Encoder:
+        """Compile or load `forward`, the default `forward_features` and each
+        `(layer_idx, norm, strip_cls_token)` of `feature_variants`, all in one library, and
+        put the weights on the device: now, not at the first call (what `pe_port.load` does).
+
+        One library for every variant a program will call compiles once; variants first met
+        at a call each compile a library of their own.
+        """
+        layers = self.config.layers
+        self._open_library(extra_variants(check_feature_variants(feature_variants, layers),
+                                          layers))
         self._function(DEFAULT_FEATURES, "forward")
         return self
 
+    def _open_library(self, variants: tuple[FeatureVariant, ...]) -> None:
+        """Load the library of `variants` and serve each function it holds that no library
+        opened earlier serves."""
+        library = self.library(variants)
+        vm = relax.VirtualMachine(
+            relax.VMExecutable(tvm.runtime.load_module(str(library))), self.device)
+        names = ["forward", "forward_features"]
+        names += [variant.function_name(self.config.layers) for variant in variants]
+        for name in names:
+            self._vms.setdefault(name, vm)
+
     def _function(self, variant: FeatureVariant, name: str):
         if name not in self._vms:
-            extra = extra_variants([variant], self.config.layers)
-            library = self.library(extra)
-            device = self.device
-            vm = relax.VirtualMachine(
-                relax.VMExecutable(tvm.runtime.load_module(str(library))), device)
-            for function in ("forward", "forward_features", name):
-                self._vms.setdefault(function, vm)
+            self._open_library(extra_variants([variant], self.config.layers))
         if name not in self._packed:
             if self._params is None:
                 np_dtype = to_numpy_dtype(self.dtype)

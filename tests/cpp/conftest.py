@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SMALL_MODEL
+from tests.conftest import T16_VARIANT as VARIANT  # compiled into the test artifact
+
 CPP_DIR = Path(__file__).resolve().parents[2] / "cpp"
-SMALL_MODEL = "PE-Core-T16-384"
-# A forward_features variant compiled into the test artifact: (layer_idx, norm, strip_cls).
-VARIANT = (-2, True, True)
 
 
 def _missing_tools() -> list[str]:

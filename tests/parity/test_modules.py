@@ -23,8 +23,10 @@ from tests.helpers import compile_component, numpy_weights, randomize_, rel_erro
 TOLERANCE = 1e-5
 SETTINGS = settings(max_examples=12, deadline=None)
 
-# Structural choices (which force a new compile) come from small sets so compiles are shared.
-widths_heads = st.sampled_from([(32, 2), (48, 4), (24, 4), (64, 1)])
+# Structural choices force a compile each (tens of seconds of a 2-core machine), so each test
+# draws them from two or three fixed structures that between them take every option; batch,
+# sequence, grid and values are drawn freely. Widths 24 and 48 are not multiples of the
+# 16-float vector: the kernels' remainder paths run too.
 batches = st.integers(1, 3)
 grids = st.integers(1, 6)
 seeds = st.integers(0, 2**16)
@@ -76,9 +78,8 @@ def reference_rope(head_dim: int, cls: bool, grid_h: int, grid_w: int) -> refere
 
 
 @SETTINGS
-@given(widths_heads, batches, st.integers(1, 20), seeds)
-def test_layer_scale_matches_reference(width_heads, batch, seq, seed):
-    width, _ = width_heads
+@given(st.sampled_from([24, 64]), batches, st.integers(1, 20), seeds)
+def test_layer_scale_matches_reference(width, batch, seq, seed):
     ref = randomize_(reference.LayerScale(width), seed)
     x = random_tokens(batch, seq, width, seed)
     got = compiled("LayerScale", width=width, heads=1)(numpy_weights(ref), x)
@@ -86,7 +87,7 @@ def test_layer_scale_matches_reference(width_heads, batch, seq, seed):
 
 
 @SETTINGS
-@given(st.sampled_from([(32, 8), (64, 8), (24, 4)]), batches, st.integers(1, 40), seeds)
+@given(st.sampled_from([(64, 8), (24, 4)]), batches, st.integers(1, 40), seeds)
 def test_attention_pooling_matches_reference(width_heads, batch, seq, seed):
     width, pool_heads = width_heads
     ref = randomize_(reference.AttentionPooling(width, pool_heads), seed)
@@ -95,10 +96,14 @@ def test_attention_pooling_matches_reference(width_heads, batch, seq, seed):
     assert_close(run(numpy_weights(ref), x), run_reference(ref, x))
 
 
+# (width, heads, cls, rope)
+ATTENTION = [(32, 2, True, True), (48, 4, False, True), (64, 1, True, False)]
+
+
 @SETTINGS
-@given(widths_heads, batches, grids, grids, st.booleans(), st.booleans(), seeds)
-def test_self_attention_matches_reference(width_heads, batch, gh, gw, cls, rope, seed):
-    width, heads = width_heads
+@given(st.sampled_from(ATTENTION), batches, grids, grids, seeds)
+def test_self_attention_matches_reference(structure, batch, gh, gw, seed):
+    width, heads, cls, rope = structure
     ref_rope = reference_rope(width // heads, cls, gh, gw) if rope else None
     ref = randomize_(reference.SelfAttention(width, heads, rope=ref_rope), seed)
     x = random_tokens(batch, gh * gw + int(cls), width, seed)
@@ -107,12 +112,14 @@ def test_self_attention_matches_reference(width_heads, batch, gh, gw, cls, rope,
     assert_close(run(numpy_weights(ref), x, gw), run_reference(ref, x))
 
 
+# (width, heads, cls, LayerScale)
+BLOCKS = [(32, 2, True, True), (24, 4, False, False)]
+
+
 @SETTINGS
-@given(widths_heads, batches, grids, grids, st.booleans(), st.booleans(), seeds)
-def test_residual_attention_block_matches_reference(
-    width_heads, batch, gh, gw, cls, layer_scale, seed
-):
-    width, heads = width_heads
+@given(st.sampled_from(BLOCKS), batches, grids, grids, seeds)
+def test_residual_attention_block_matches_reference(structure, batch, gh, gw, seed):
+    width, heads, cls, layer_scale = structure
     rope = reference_rope(width // heads, cls, gh, gw)
     ref = reference.ResidualAttentionBlock(width, heads, 3 * width, layer_scale, rope)
     ref = randomize_(ref, seed)
@@ -122,10 +129,15 @@ def test_residual_attention_block_matches_reference(
     assert_close(run(numpy_weights(ref), x, gw), run_reference(ref, x))
 
 
+# (layers, layer_idx, LayerScale): the last block, an earlier one by negative index, by
+# positive index, and a single block.
+TRANSFORMERS = [(3, -2, True), (3, 0, False), (1, -1, True)]
+
+
 @SETTINGS
-@given(st.integers(1, 3), st.integers(-3, 2), batches, grids, grids, st.booleans(), seeds)
-def test_transformer_stops_after_layer_idx_like_reference(layers, layer_idx, batch, gh, gw,
-                                                          layer_scale, seed):
+@given(st.sampled_from(TRANSFORMERS), batches, grids, grids, seeds)
+def test_transformer_stops_after_layer_idx_like_reference(structure, batch, gh, gw, seed):
+    layers, layer_idx, layer_scale = structure
     width, heads = 32, 2
     rope = reference_rope(width // heads, True, gh, gw)
     ref = reference.Transformer(

@@ -47,19 +47,22 @@ def reference_rope(qkv: np.ndarray, heads, head_dim, grid_h, grid_w, use_cls_tok
     return [t.transpose(1, 2).numpy() for t in rotated]  # back to [b, s, h, d]
 
 
-@settings(max_examples=30, deadline=None)
+# (heads, head_dim, cls): each is a compile (tens of seconds of a 2-core machine), so three:
+# head_dim 6 (3 features per axis: one pair rotated, one left as it is), the head size of the
+# rotation test below, and PE's own head size without cls. Grids, batches, values: drawn freely.
+KERNELS = [(3, 6, True), (2, 8, True), (1, 64, False)]
+
+
+@settings(max_examples=20, deadline=None)
 @given(
     batch=st.integers(1, 3),
     grid_h=st.integers(1, 9),
     grid_w=st.integers(1, 9),
-    heads=st.sampled_from([1, 3]),
-    head_dim=st.sampled_from([4, 6, 8, 16, 64]),
-    use_cls_token=st.booleans(),
+    kernel=st.sampled_from(KERNELS),
     seed=st.integers(0, 2**16),
 )
-def test_rope_matches_reference_for_any_grid(
-    batch, grid_h, grid_w, heads, head_dim, use_cls_token, seed
-):
+def test_rope_matches_reference_for_any_grid(batch, grid_h, grid_w, kernel, seed):
+    heads, head_dim, use_cls_token = kernel
     seq = grid_h * grid_w + int(use_cls_token)
     qkv = np.random.default_rng(seed).standard_normal((batch, seq, 3 * heads * head_dim))
     qkv = qkv.astype(np.float32)

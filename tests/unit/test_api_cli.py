@@ -21,7 +21,7 @@ from PIL import Image
 import pe_port
 from pe_port.artifact import FORMAT_VERSION
 from pe_port.cli import main
-from tests.conftest import SMALL_MODEL
+from tests.conftest import SMALL_MODEL, T16_VARIANT
 from tests.helpers import random_images, rel_error
 from tests.unit.test_checkpoint import put_in_hub_cache
 
@@ -56,7 +56,7 @@ def test_load_and_call_match_the_reference(encoder, reference_tower):
 
 def test_forward_features_options_match_the_reference(encoder, reference_tower):
     images = random_images(1, 32, 64, seed=4)
-    options = dict(layer_idx=-3, norm=True, strip_cls_token=True)
+    options = dict(zip(("layer_idx", "norm", "strip_cls_token"), T16_VARIANT, strict=True))
     got = encoder.forward_features(images, **options)
     assert rel_error(got, reference_run(reference_tower, images, **options)) <= TOLERANCE
 
@@ -116,9 +116,9 @@ def test_cli_encode_npy_equals_the_api(encoder, t16_checkpoint, pixels_npy, tmp_
 def test_cli_features_pass_every_option(encoder, t16_checkpoint, pixels_npy, tmp_path):
     out = tmp_path / "tokens.npy"
     assert run_cli("encode", SMALL_MODEL, "--checkpoint", t16_checkpoint, "--input",
-                   pixels_npy, "--output", out, "--features", "--layer-idx", "4", "--norm",
+                   pixels_npy, "--output", out, "--features", "--layer-idx", "10", "--norm",
                    "--strip-cls") == 0
-    want = encoder.forward_features(np.load(pixels_npy), layer_idx=4, norm=True,
+    want = encoder.forward_features(np.load(pixels_npy), layer_idx=10, norm=True,
                                     strip_cls_token=True)
     np.testing.assert_array_equal(np.load(out), want)
 

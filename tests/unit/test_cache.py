@@ -12,48 +12,59 @@ import pytest
 
 import pe_port
 from pe_port import build, cache
-from pe_port.build import cpu_target, export_tower, param_specs
+from pe_port.build import export_tower, param_specs
 from pe_port.config import MODEL_NAMES, custom_config, get_config
 from pe_port.params import parameter_count
-from pe_port.runtime import Encoder
-from tests.helpers import numpy_weights, random_images, reference_model
+from tests.conftest import SMALL_MODEL
+from tests.helpers import random_images
 
 CONFIG = custom_config(layers=1)
 
 
-@pytest.fixture(scope="module")
-def weights():
-    return numpy_weights(reference_model(CONFIG, seed=11))
-
-
-def test_warm_load_does_not_build_the_graph(weights, monkeypatch):
+def test_warm_load_does_not_build_the_graph(t16_checkpoint, monkeypatch):
+    """The second load of a model: a hash and a dlopen (the suite's other T16 tests share the
+    library, so this adds no compile)."""
     images = random_images(1, 32, 32, seed=0)
-    first = Encoder("custom", CONFIG, cpu_target(), "float32", weights).prepare()(images)
+    first = pe_port.load(SMALL_MODEL, checkpoint=t16_checkpoint, progress=None)(images)
 
     def no_export(*args, **kwargs):
         raise AssertionError("a warm load built the graph")
 
     monkeypatch.setattr(build, "export_tower", no_export)
     monkeypatch.setattr(build.VisionTransformer, "export_tvm", no_export)
-    warm = Encoder("custom", CONFIG, cpu_target(), "float32", weights).prepare()(images)
+    warm = pe_port.load(SMALL_MODEL, checkpoint=t16_checkpoint, progress=None)(images)
     np.testing.assert_array_equal(warm, first)
 
 
 def replace_file(path, data: bytes) -> None:
     """Damage as another process (or the disk) would: a new file at the path. Not in place:
-    this process has the library mapped since the test above, and truncating a mapped file
-    makes its next page access a SIGBUS."""
+    a process that has the library mapped gets a SIGBUS at its next page access of a file
+    truncated under it."""
     staged = path.with_name(path.name + ".damaged")
     staged.write_bytes(data)
     os.replace(staged, path)
 
 
+LIBRARY_BYTES = bytes(range(256)) * 64
+
+
+class CountingWriter:
+    """A stand-in for the compiler (a real compile is minutes of a 2-core machine): writes
+    known bytes as the library and counts its calls. `lookup` never loads what it checks."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, path) -> None:
+        self.calls += 1
+        path.write_bytes(LIBRARY_BYTES)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "zeroed", "bit flipped", "no record"])
-def test_a_damaged_entry_is_reported_removed_and_rebuilt(weights, damage, capsys):
-    encoder = Encoder("custom", CONFIG, cpu_target(), "float32", weights, progress=print)
-    library = encoder.library()
-    data = library.read_bytes()
-    record = library.with_suffix(".json")
+def test_a_damaged_entry_is_reported_removed_and_rebuilt(damage, capsys):
+    key, write = f"damage-{damage.replace(' ', '-')}", CountingWriter()
+    library = cache.get_or_build(key, write)
+    data, record = library.read_bytes(), library.with_suffix(".json")
     if damage == "truncated":
         replace_file(library, data[: len(data) // 3])
     elif damage == "zeroed":
@@ -63,26 +74,30 @@ def test_a_damaged_entry_is_reported_removed_and_rebuilt(weights, damage, capsys
         replace_file(library, data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1:])
     else:
         record.unlink()
-    capsys.readouterr()
-    images = random_images(1, 16, 16, seed=1)
-    out = Encoder("custom", CONFIG, cpu_target(), "float32", weights, progress=print)(images)
-    assert np.isfinite(out).all()
+    assert cache.get_or_build(key, write, progress=print) == library
     said = capsys.readouterr().out
     assert "damaged" in said and "compiling" in said, said
-    expected = json.loads(record.read_text())
-    assert library.stat().st_size == expected["size"]
+    assert write.calls == 2
+    assert library.read_bytes() == LIBRARY_BYTES
+    assert json.loads(record.read_text())["size"] == len(LIBRARY_BYTES)
 
 
-def test_unwritable_cache_falls_back_to_a_temporary_one(weights, monkeypatch, tmp_path, capsys):
+def test_an_intact_entry_is_not_rebuilt():
+    write = CountingWriter()
+    first = cache.get_or_build("intact", write)
+    assert cache.get_or_build("intact", write) == first and write.calls == 1
+
+
+def test_unwritable_cache_falls_back_to_a_temporary_one(monkeypatch, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("PE_PORT_CACHE", str(blocker / "cache"))  # fails even as root
-    encoder = Encoder("custom", custom_config(layers=1, width=48, heads=3), cpu_target(),
-                      "float32", numpy_weights(reference_model(
-                          custom_config(layers=1, width=48, heads=3), seed=1)), progress=print)
-    assert np.isfinite(encoder(random_images(1, 16, 16, seed=2))).all()
+    write = CountingWriter()
+    library = cache.get_or_build("fallback", write, progress=print)
+    assert library.read_bytes() == LIBRARY_BYTES and blocker not in library.parents
     said = capsys.readouterr().out
     assert "not writable" in said and str(blocker) in said
+    assert cache.get_or_build("fallback", write) == library and write.calls == 1
 
 
 def test_cache_key_changes_with_everything_that_determines_the_library():
@@ -94,6 +109,13 @@ def test_cache_key_changes_with_everything_that_determines_the_library():
         keys.add(cache.cache_key(**{**base, **change}))
     assert len(keys) == 6
     assert cache.cache_key(**base) == cache.cache_key(**base)
+
+
+def test_variants_count_by_the_function_they_compile_to():
+    config = custom_config(layers=3)
+    same = [cache.cache_key(config, "float32", (pe_port.artifact.FeatureVariant(idx, True, True),),
+                            "llvm", "cpu") for idx in (-2, 1)]
+    assert same[0] == same[1]
 
 
 @pytest.mark.parametrize("name", ["PE-Core-T16-384", "PE-Spatial-B16-512", "PE-Lang-L14-448"])
