@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -109,6 +110,43 @@ ModelConfig ReadConfig(const Fields& f, const json::Object& c) {
   return config;
 }
 
+// Bounds checked before the JSON parser sees the metadata: it recurses once per nesting level
+// (20,000 nested brackets overflowed the stack), and real metadata is a few kilobytes, four
+// levels deep (the largest official model's parameter table is under 100 KB).
+constexpr size_t kMaxMetadataBytes = 4 << 20;
+constexpr int kMaxMetadataDepth = 16;
+
+// The deepest nesting of arrays and objects in `text`, brackets inside strings not counted.
+int JsonDepth(const std::vector<uint8_t>& text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (uint8_t c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+void CheckMetadataShape(const std::string& path, const std::vector<uint8_t>& bytes) {
+  if (bytes.size() > kMaxMetadataBytes) {
+    Fail("artifact metadata ", path, " is ", bytes.size(), " bytes; pe-port writes under ",
+         kMaxMetadataBytes, " (not an export of pe-port?)");
+  }
+  if (JsonDepth(bytes) > kMaxMetadataDepth) {
+    Fail("artifact metadata ", path, " nests deeper than ", kMaxMetadataDepth,
+         " levels (pe-port writes 4): not an export of pe-port");
+  }
+}
+
 std::string KnownModels() {
   std::string names;
   for (const OfficialModel& model : OfficialModels()) {
@@ -143,6 +181,7 @@ Artifact LoadArtifact(const std::string& dir) {
     if (!IsRegularFile(file)) Fail("artifact ", dir, " is incomplete: ", file, " is missing");
   }
   std::vector<uint8_t> bytes = ReadFile(a.metadata_path, "artifact metadata");
+  CheckMetadataShape(a.metadata_path, bytes);
   tvm::ffi::String error;
   Any root;
   try {
@@ -211,6 +250,9 @@ Artifact LoadArtifact(const std::string& dir) {
   for (int c = 0; c < 3; ++c) {
     a.mean[c] = static_cast<float>(f.Number(mean[c], "preprocess.mean[]"));
     a.std[c] = static_cast<float>(f.Number(std[c], "preprocess.std[]"));
+    if (!std::isfinite(a.mean[c]) || !std::isfinite(a.std[c])) {
+      f.Bad("preprocess", "mean and std must be finite numbers");
+    }
     if (a.std[c] == 0.0f) f.Bad("preprocess.std", "has a zero");
   }
   if (a.image_size <= 0 || a.image_size % a.config.patch_size) {

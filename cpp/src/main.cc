@@ -106,6 +106,11 @@ Options ParseArgs(int argc, char** argv) {
       }
     } else if (arg == "--threads") {
       o.threads = ParseInt(arg, value(), 1);
+      // More threads than CPUs only spin: 300 threads took minutes to exit.
+      const int cpus = LogicalCpus();
+      if (o.threads > cpus) {
+        Fail("--threads ", o.threads, " is more than this machine's ", cpus, " CPUs");
+      }
     } else if (arg == "--repeat") {
       o.repeat = ParseInt(arg, value(), 1);
     } else if (arg.size() > 1 && arg[0] == '-' && arg != "-") {

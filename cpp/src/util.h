@@ -39,7 +39,9 @@ bool IsRegularFile(const std::string& path);
 std::string ParentDirectory(const std::string& path);  // "." for a bare file name
 std::string BaseName(const std::string& path);
 
-// Physical cores among the CPUs this process may run on (SMT siblings counted once).
+// The CPUs this process may run on.
+int LogicalCpus();
+// Physical cores among them (SMT siblings counted once).
 int PhysicalCores();
 
 // A whole file in memory; a missing or unreadable file is a UserError naming `what`.

@@ -23,6 +23,10 @@ from pe_port.artifact import FeatureVariant
 from tests.cpp.conftest import SMALL_MODEL, VARIANT, run_pe_infer
 from tests.helpers import random_images, rel_error
 
+# One worker runs every test of group "t16" (`make test` runs two): they share its
+# compiled libraries, which each worker would otherwise compile for itself.
+pytestmark = pytest.mark.xdist_group("t16")
+
 # The .npy path runs the same library on the same bits as the Python API: the bound.
 NPY_TOLERANCE = 1e-6
 
@@ -172,6 +176,9 @@ def test_missing_or_incomplete_artifact(pe_infer, t16_artifact, pixels, tmp_path
     ("unknown_model", "which pe_infer does not know"),
     ("wrong_config", "config differs: width 384 (expected 192)"),
     ("missing_field", "params is missing"),
+    ("deep_json", "nests deeper than 16 levels"),
+    ("huge_json", "bytes; pe-port writes under"),
+    ("infinite_std", "mean and std must be finite numbers"),
 ])
 def test_corrupt_artifact(pe_infer, t16_artifact, pixels, tmp_path, damage, message):
     art = copy_artifact(t16_artifact, tmp_path)
@@ -196,6 +203,14 @@ def test_corrupt_artifact(pe_infer, t16_artifact, pixels, tmp_path, damage, mess
         edit_metadata(art, lambda m: m["config"].update(width=384))
     elif damage == "missing_field":
         edit_metadata(art, lambda m: m.pop("params"))
+    elif damage == "deep_json":  # the JSON parser recursed once per level: a stack overflow
+        (art / "metadata.json").write_text("[" * 20000 + "]" * 20000)
+    elif damage == "huge_json":
+        (art / "metadata.json").write_text('{"pad": "' + "x" * (5 << 20) + '"}')
+    elif damage == "infinite_std":  # 1e999 is valid JSON, and infinite as a double
+        edit_metadata(art, lambda m: m["preprocess"].update(std=[0.5, 12345.5, 0.5]))
+        text = (art / "metadata.json").read_text()
+        (art / "metadata.json").write_text(text.replace("12345.5", "1e999"))
     if damage.endswith("_no_crc"):  # as an artifact without the checksum would be
         edit_metadata(art, lambda m: m.pop("library_crc32"))
     out = tmp_path / "o.npy"
@@ -257,6 +272,8 @@ def test_usage_errors(pe_infer, t16_artifact, pixels, tmp_path):
     expect_error(pe_infer, [t16_artifact, pixels, out, "--device", "cuda"],
                  "was compiled for cpu", out)
     expect_error(pe_infer, [t16_artifact, pixels, out, "--threads", "0"], "--threads needs", out)
+    expect_error(pe_infer, [t16_artifact, pixels, out, "--threads", "100000"],
+                 "--threads 100000 is more than this machine's", out)
     expect_error(pe_infer, [t16_artifact, pixels, out, "--center-crop"], "applies to images", out)
     expect_error(pe_infer, [t16_artifact, pixels, out, "--fast"], "unknown option --fast", out)
 
