@@ -15,15 +15,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $(STAMP)
 
-# Two workers (pytest-xdist): a compile uses one core. Tests that share compiled libraries
-# carry one `xdist_group` and run on one worker. `make test TEST_WORKERS=0` runs serially.
+# Two workers (pytest-xdist): a compile uses one core. Tests that share compiled libraries run
+# on one worker (tests/conftest.py, SHARED_WORK). `make test TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 2
 test: $(STAMP) cpp-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # Also the `slow` tests: official-size towers and the CUDA builds of every dtype and arch.
 test-all: $(STAMP) cpp-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "slow or not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "slow or not slow"
 
 # Times TVM against PyTorch eager, torch.compile and ONNX Runtime on the official models.
 BENCH_MODELS ?= PE-Core-T16-384,PE-Core-S16-384,PE-Core-B16-224,PE-Spatial-B16-512

@@ -44,3 +44,34 @@ def t16_checkpoint(tmp_path_factory, t16_state_dict):
     path = tmp_path_factory.mktemp("ckpt") / f"{SMALL_MODEL}.pt"
     torch.save(t16_state_dict, path)
     return path
+
+
+# ---- two workers (`make test`: pytest-xdist) ---------------------------------------------------
+# Tests that share compiled libraries (or the C++ build) run on one worker, which compiles them
+# once; any other test goes wherever a worker is free. Keyed by node id prefix: pytest 9 ignores
+# the node id suffix that xdist's own `xdist_group` marker relies on.
+SHARED_WORK = {
+    "tests/cpp/": "t16",  # the C++ build and the PE-Core-T16-384 libraries
+    "tests/unit/test_api_cli.py": "t16",
+    "tests/unit/test_torch_free.py": "t16",
+    "tests/unit/test_cache.py": "t16",
+    "tests/parity/test_models.py::test_forward": "families",  # the family libraries
+    "tests/parity/test_models.py::test_every_parameter": "families",
+    "tests/parity/test_rope.py": "rope",
+}
+
+
+def shared_work(nodeid: str) -> str:
+    """The scope a test is scheduled in: its group in SHARED_WORK, else the test alone."""
+    return next((group for prefix, group in SHARED_WORK.items() if nodeid.startswith(prefix)),
+                nodeid)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedWorkScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return shared_work(nodeid)
+
+    return SharedWorkScheduling(config, log)

@@ -23,10 +23,6 @@ from pe_port.artifact import FeatureVariant
 from tests.cpp.conftest import SMALL_MODEL, VARIANT, run_pe_infer
 from tests.helpers import random_images, rel_error
 
-# One worker runs every test of group "t16" (`make test` runs two): they share its
-# compiled libraries, which each worker would otherwise compile for itself.
-pytestmark = pytest.mark.xdist_group("t16")
-
 # The .npy path runs the same library on the same bits as the Python API: the bound.
 NPY_TOLERANCE = 1e-6
 

@@ -17,10 +17,6 @@ from PIL import Image
 
 import pe_port
 
-# One worker runs every test of group "t16" (`make test` runs two): they share its
-# compiled libraries, which each worker would otherwise compile for itself.
-pytestmark = pytest.mark.xdist_group("t16")
-
 # (input size, output size) pairs: squash and stretch, each axis up or down, tiny and odd sizes,
 # and both orders of the two resize passes (see cpp/src/image.cc).
 RESIZES = [((451, 300), (384, 384)), ((300, 451), (64, 64)), ((37, 23), (384, 384)),

@@ -49,11 +49,6 @@ def every_feature_variant(layers: int) -> list[tuple[int, bool, bool]]:
     return list(itertools.product(range(-layers, layers), (False, True), (False, True)))
 
 
-# The tests of the families share their compiled libraries: one worker runs them all
-# (`make test` runs two workers; each would otherwise compile every family for itself).
-families_group = pytest.mark.xdist_group("families")
-
-
 @functools.cache
 def small_tower(family: str, seed: int = 0):
     """The reference and the TVM tower of `family`, every `forward_features` variant compiled
@@ -77,7 +72,6 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
     assert error <= TOLERANCE, f"relative error {error:.2e} > {TOLERANCE:.0e}"
 
 
-@families_group
 @settings(max_examples=20, deadline=None)
 @given(
     family=st.sampled_from(sorted(FAMILIES)),
@@ -93,7 +87,6 @@ def test_forward_matches_reference_for_every_family(family, batch, grid_h, grid_
     assert_close(tower(images), reference_forward(ref, images))
 
 
-@families_group
 @settings(max_examples=16, deadline=None)
 @given(
     family=st.sampled_from(sorted(FAMILIES)),
@@ -110,7 +103,6 @@ def test_forward_features_matches_reference_for_every_option(family, data, grid,
     assert_close(got, reference_forward(ref, images, **options))
 
 
-@families_group
 def test_every_parameter_changes_the_output():
     """The parity tests can fail: perturbing any single weight moves the output far past 1e-4."""
     ref, tower = small_tower("core")

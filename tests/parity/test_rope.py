@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,10 +13,6 @@ from tvm.relax.frontend import nn
 from pe_port.kernels import rope_qkv
 from reference.rope import apply_rope, rope_angles
 from tests.helpers import compile_component, rel_error
-
-# One worker runs every test of group "rope" (`make test` runs two): they share its
-# compiled libraries, which each worker would otherwise compile for itself.
-pytestmark = pytest.mark.xdist_group("rope")
 
 # Angles are computed in float32 on both sides; the only difference is the cos/sin libm and
 # pow rounding (a few ulp), far below the fp32 module tolerance.

@@ -25,10 +25,6 @@ from tests.conftest import SMALL_MODEL, T16_VARIANT
 from tests.helpers import random_images, rel_error
 from tests.unit.test_checkpoint import put_in_hub_cache
 
-# One worker runs every test of group "t16" (`make test` runs two): they share its
-# compiled libraries, which each worker would otherwise compile for itself.
-pytestmark = pytest.mark.xdist_group("t16")
-
 # The API against the float64 reference: a whole model, fp32 (see tests/parity).
 TOLERANCE = 1e-4
 

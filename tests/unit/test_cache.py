@@ -18,10 +18,6 @@ from pe_port.params import parameter_count
 from tests.conftest import SMALL_MODEL
 from tests.helpers import random_images
 
-# One worker runs every test of group "t16" (`make test` runs two): they share its
-# compiled libraries, which each worker would otherwise compile for itself.
-pytestmark = pytest.mark.xdist_group("t16")
-
 CONFIG = custom_config(layers=1)
 
 

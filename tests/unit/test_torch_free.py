@@ -14,10 +14,6 @@ from pe_port.cli import main
 from tests.conftest import SMALL_MODEL
 from tests.helpers import random_images
 
-# One worker runs every test of group "t16" (`make test` runs two): they share its
-# compiled libraries, which each worker would otherwise compile for itself.
-pytestmark = pytest.mark.xdist_group("t16")
-
 # Run as `python -c`: a meta-path finder that refuses torch, then the CLI.
 BLOCK_TORCH = """
 import sys
