@@ -184,7 +184,7 @@ def baseline_tower():
     return ref, Encoder("custom", cfg, baseline, "float32", numpy_weights(ref))
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float16", pytest.param("bfloat16", marks=pytest.mark.slow)])
 def test_half_precision_on_the_cpu_matches_reference(dtype):
     """fp16 / bf16 on this CPU (the generic graph: fp32 accumulation and LayerNorm statistics).
     Tolerance: `half_precision_limit`, as for the GPU graph."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,13 +22,18 @@ from pe_port.config import custom_config
 from tests.helpers import compile_component, numpy_weights, randomize_, rel_error
 
 TOLERANCE = 1e-5
-SETTINGS = settings(max_examples=12, deadline=None)
+SETTINGS = settings(max_examples=10, deadline=None)
 
 # Structural choices force a compile each (tens of seconds of a 2-core machine), so each test
-# draws them from two or three fixed structures that between them take every option; batch,
-# sequence, grid and values are drawn freely. Widths 24 and 48 are not multiples of the
-# 16-float vector: the kernels' remainder paths run too.
+# runs on two or three fixed structures that between them take every option, and draws batch,
+# sequence, grid and values freely. `make test` runs the first structure of each (the one with
+# the most options on); the others are `slow` (`make test-all`). Widths 24 and 48 are not
+# multiples of the 16-float vector: the kernels' remainder paths run too.
 batches = st.integers(1, 3)
+
+
+def structures(choices: list) -> list:
+    return [choices[0]] + [pytest.param(c, marks=pytest.mark.slow) for c in choices[1:]]
 grids = st.integers(1, 6)
 seeds = st.integers(0, 2**16)
 
@@ -77,8 +83,9 @@ def reference_rope(head_dim: int, cls: bool, grid_h: int, grid_w: int) -> refere
     return rope
 
 
+@pytest.mark.parametrize("width", structures([24, 64]))
 @SETTINGS
-@given(st.sampled_from([24, 64]), batches, st.integers(1, 20), seeds)
+@given(batches, st.integers(1, 20), seeds)
 def test_layer_scale_matches_reference(width, batch, seq, seed):
     ref = randomize_(reference.LayerScale(width), seed)
     x = random_tokens(batch, seq, width, seed)
@@ -86,8 +93,9 @@ def test_layer_scale_matches_reference(width, batch, seq, seed):
     assert_close(got, run_reference(ref, x))
 
 
+@pytest.mark.parametrize("width_heads", structures([(24, 4), (64, 8)]))
 @SETTINGS
-@given(st.sampled_from([(64, 8), (24, 4)]), batches, st.integers(1, 40), seeds)
+@given(batches, st.integers(1, 40), seeds)
 def test_attention_pooling_matches_reference(width_heads, batch, seq, seed):
     width, pool_heads = width_heads
     ref = randomize_(reference.AttentionPooling(width, pool_heads), seed)
@@ -100,8 +108,9 @@ def test_attention_pooling_matches_reference(width_heads, batch, seq, seed):
 ATTENTION = [(32, 2, True, True), (48, 4, False, True), (64, 1, True, False)]
 
 
+@pytest.mark.parametrize("structure", structures(ATTENTION))
 @SETTINGS
-@given(st.sampled_from(ATTENTION), batches, grids, grids, seeds)
+@given(batches, grids, grids, seeds)
 def test_self_attention_matches_reference(structure, batch, gh, gw, seed):
     width, heads, cls, rope = structure
     ref_rope = reference_rope(width // heads, cls, gh, gw) if rope else None
@@ -116,8 +125,9 @@ def test_self_attention_matches_reference(structure, batch, gh, gw, seed):
 BLOCKS = [(32, 2, True, True), (24, 4, False, False)]
 
 
+@pytest.mark.parametrize("structure", structures(BLOCKS))
 @SETTINGS
-@given(st.sampled_from(BLOCKS), batches, grids, grids, seeds)
+@given(batches, grids, grids, seeds)
 def test_residual_attention_block_matches_reference(structure, batch, gh, gw, seed):
     width, heads, cls, layer_scale = structure
     rope = reference_rope(width // heads, cls, gh, gw)
@@ -134,8 +144,9 @@ def test_residual_attention_block_matches_reference(structure, batch, gh, gw, se
 TRANSFORMERS = [(3, -2, True), (3, 0, False), (1, -1, True)]
 
 
+@pytest.mark.parametrize("structure", structures(TRANSFORMERS))
 @SETTINGS
-@given(st.sampled_from(TRANSFORMERS), batches, grids, grids, seeds)
+@given(batches, grids, grids, seeds)
 def test_transformer_stops_after_layer_idx_like_reference(structure, batch, gh, gw, seed):
     layers, layer_idx, layer_scale = structure
     width, heads = 32, 2

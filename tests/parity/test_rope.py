@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,15 +54,17 @@ def reference_rope(qkv: np.ndarray, heads, head_dim, grid_h, grid_w, use_cls_tok
 KERNELS = [(3, 6, True), (2, 8, True), (1, 64, False)]
 
 
-@settings(max_examples=20, deadline=None)
+# PE's own head size is `slow` (`make test-all`): the kernel's index arithmetic is the same.
+@pytest.mark.parametrize("kernel", KERNELS[:2] + [pytest.param(KERNELS[2],
+                                                               marks=pytest.mark.slow)])
+@settings(max_examples=12, deadline=None)
 @given(
     batch=st.integers(1, 3),
     grid_h=st.integers(1, 9),
     grid_w=st.integers(1, 9),
-    kernel=st.sampled_from(KERNELS),
     seed=st.integers(0, 2**16),
 )
-def test_rope_matches_reference_for_any_grid(batch, grid_h, grid_w, kernel, seed):
+def test_rope_matches_reference_for_any_grid(kernel, batch, grid_h, grid_w, seed):
     heads, head_dim, use_cls_token = kernel
     seq = grid_h * grid_w + int(use_cls_token)
     qkv = np.random.default_rng(seed).standard_normal((batch, seq, 3 * heads * head_dim))

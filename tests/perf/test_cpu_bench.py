@@ -29,7 +29,16 @@ def missing_package(runner: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("runner", RUNNERS)
+# The smoke run of `make test` leaves out the runners that compile the peer's way (torch.compile
+# and the traced TVM route: minutes of a 2-core machine each); `make test-all` and `make bench`
+# (which names its models) run them.
+SMOKE = MODELS == [SMALL_MODEL]
+SLOW_IN_SMOKE = ("compile", "tvm-torch-export")
+RUNNER_PARAMS = [pytest.param(r, marks=pytest.mark.slow) if SMOKE and r in SLOW_IN_SMOKE else r
+                 for r in RUNNERS]
+
+
+@pytest.mark.parametrize("runner", RUNNER_PARAMS)
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("model", MODELS)
 def test_forward_speed(benchmark, model, batch, runner):
