@@ -158,12 +158,14 @@ class Encoder:
 
     def _open_library(self, variants: tuple[FeatureVariant, ...]) -> None:
         """Load the library of `variants` and serve each function it holds that no library
-        opened earlier serves."""
+        opened earlier serves; nothing to do (no hash, no load) when all are served."""
+        names = ["forward", "forward_features"]
+        names += [variant.function_name(self.config.layers) for variant in variants]
+        if all(name in self._vms for name in names):
+            return
         library = self.library(variants)
         vm = relax.VirtualMachine(
             relax.VMExecutable(tvm.runtime.load_module(str(library))), self.device)
-        names = ["forward", "forward_features"]
-        names += [variant.function_name(self.config.layers) for variant in variants]
         for name in names:
             self._vms.setdefault(name, vm)
 
