@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # on one worker (tests/conftest.py, SHARED_WORK). `make test TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 2
 test: $(STAMP) cpp-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=30
 
 # Also the `slow` tests: official-size towers and the CUDA builds of every dtype and arch.
 test-all: $(STAMP) cpp-deps

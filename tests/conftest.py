@@ -57,6 +57,7 @@ SHARED_WORK = {
     "tests/unit/test_cache.py": "t16",
     "tests/parity/test_models.py::test_forward": "families",  # the family libraries
     "tests/parity/test_models.py::test_every_parameter": "families",
+    "tests/parity/test_models.py::test_every_forward_features": "families",
     "tests/parity/test_rope.py": "rope",
 }
 
@@ -75,3 +76,29 @@ def pytest_xdist_make_scheduler(config, log):
             return shared_work(nodeid)
 
     return SharedWorkScheduling(config, log)
+
+
+# ---- progress with times ----------------------------------------------------------------------
+# A run cut off at CI's time limit prints no `--durations` table: each phase slower than this is
+# reported as it ends, with the time since the session began, so a cut-off log still tells
+# where the time went.
+SLOW_PHASE_S = 30.0
+_session = {}
+
+
+def pytest_sessionstart(session):
+    import time
+
+    _session.update(start=time.monotonic(), config=session.config)
+
+
+def pytest_runtest_logreport(report):
+    import time
+
+    if report.duration < SLOW_PHASE_S or "config" not in _session:
+        return
+    reporter = _session["config"].pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        elapsed = time.monotonic() - _session["start"]
+        reporter.write_line(f"[{elapsed / 60:5.1f} min] {report.duration:4.0f} s "
+                            f"{report.when} {report.nodeid}")

@@ -146,7 +146,7 @@ def export_tower(
             model.forward_features, norm=variant.norm, layer_idx=variant.layer_idx,
             strip_cls_token=variant.strip_cls_token)
     specs = [MethodSpec.from_raw({"x": image_spec(dtype)}, method) for method in methods.values()]
-    with ops.use_backend(backend or Backend()):
+    with ops.use_backend(backend or Backend()), quick_frame_inspection():
         mod, params = model.export_tvm(ModuleSpec(model, list(methods), specs))
     mod = lift_weight_transforms(mod)
     return mod, [(name, tuple(int(d) for d in param.shape)) for name, param in params]

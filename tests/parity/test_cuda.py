@@ -46,14 +46,13 @@ def built_tower(dtype: str, arch: str):
     return build_tower(TENSOR_CORE_CONFIG, dtype, cuda_target(arch))
 
 
-# A CUDA build of even this small tower is minutes of a 2-core machine, and the first
-# half-precision one also parses all of TVM's CUDA tensor intrinsics (minutes more, once per
-# process): `make test` builds fp32 for sm_80; the half-precision builds (tensor cores) and
-# sm_90 are `slow` (`make test-all`). The arch only changes nvcc's flags.
+# A CUDA build of even this small tower is minutes of a 2-core machine (nvcc on every kernel),
+# and the first half-precision one also parses all of TVM's CUDA tensor intrinsics (minutes
+# more, once per process): the tower builds are `slow` (`make test-all`); `make test` checks
+# the flash kernel with nvcc (below), and the GPU graph on this CPU (test_gpu_kernels.py).
 slow = pytest.mark.slow
 ARCH = {"float32": "sm_80", "float16": "sm_90", "bfloat16": "sm_90"}
-BUILDS = [pytest.param(dtype, arch, marks=() if dtype == "float32" else slow)
-          for dtype, arch in ARCH.items()]
+BUILDS = [pytest.param(dtype, arch, marks=slow) for dtype, arch in ARCH.items()]
 
 
 @needs_nvcc

@@ -33,7 +33,8 @@ TOLERANCE = 1e-4
 # Small towers shaped like each family, every optional part present in one and absent in
 # another: Core (cls, attention pool, projection, ln_post), Lang / Spatial G (LayerScale, no
 # pool, no ln_post; G without cls), token and average pooling, no absolute position embedding.
-# Each family is one compile (minutes of a 2-core machine): five cover every option.
+# Each family is one compile (minutes of a 2-core machine): five cover every option, three
+# every option but token pooling (`make test`; the other two are `slow`).
 FAMILIES = {
     "core": dict(),
     "lang": dict(pool_type="none", use_ln_post=False, output_dim=None, ls_init_value=0.1),
@@ -45,18 +46,34 @@ FAMILIES = {
 }
 
 
+SUITE_FAMILIES = ("core", "spatial-g", "avg-pool-no-abs-posemb")
+
+
+def families() -> list:
+    return [family if family in SUITE_FAMILIES else pytest.param(family, marks=pytest.mark.slow)
+            for family in FAMILIES]
+
+
 def every_feature_variant(layers: int) -> list[tuple[int, bool, bool]]:
     return list(itertools.product(range(-layers, layers), (False, True), (False, True)))
 
 
+def suite_feature_variants(layers: int) -> list[tuple[int, bool, bool]]:
+    """Four `forward_features` variants that take each option both ways (first and last block,
+    counted from either end; norm on and off; cls token kept and stripped): every variant is a
+    function of its own in the library, so `make test` compiles these and `slow` all of them."""
+    return [(0, False, False), (-1, True, True), (layers - 1, False, True), (-layers, True, False)]
+
+
 @functools.cache
-def small_tower(family: str, seed: int = 0):
-    """The reference and the TVM tower of `family`, every `forward_features` variant compiled
+def small_tower(family: str, seed: int = 0, every_variant: bool = False):
+    """The reference and the TVM tower of `family`, its `forward_features` variants compiled
     into the one library that holds `forward`."""
     cfg = custom_config(**FAMILIES[family])
     ref = reference_model(cfg, seed)
     tower = Encoder("custom", cfg, cpu_target(), "float32", numpy_weights(ref))
-    return ref, tower.prepare(every_feature_variant(cfg.layers))
+    variants = every_feature_variant if every_variant else suite_feature_variants
+    return ref, tower.prepare(variants(cfg.layers))
 
 
 def reference_forward(ref, images: np.ndarray, **features) -> np.ndarray:
@@ -72,9 +89,9 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
     assert error <= TOLERANCE, f"relative error {error:.2e} > {TOLERANCE:.0e}"
 
 
-@settings(max_examples=20, deadline=None)
+@pytest.mark.parametrize("family", families())
+@settings(max_examples=8, deadline=None)
 @given(
-    family=st.sampled_from(sorted(FAMILIES)),
     batch=st.integers(1, 3),
     grid_h=st.integers(1, 7),
     grid_w=st.integers(1, 7),
@@ -87,16 +104,26 @@ def test_forward_matches_reference_for_every_family(family, batch, grid_h, grid_
     assert_close(tower(images), reference_forward(ref, images))
 
 
-@settings(max_examples=16, deadline=None)
-@given(
-    family=st.sampled_from(sorted(FAMILIES)),
-    data=st.data(),
-    grid=st.integers(1, 6),
-    seed=st.integers(0, 2**16),
-)
+@pytest.mark.parametrize("family", families())
+@settings(max_examples=6, deadline=None)
+@given(data=st.data(), grid=st.integers(1, 6), seed=st.integers(0, 2**16))
 def test_forward_features_matches_reference_for_every_option(family, data, grid, seed):
     ref, tower = small_tower(family)
+    variant = data.draw(st.sampled_from(suite_feature_variants(tower.config.layers)))
+    check_forward_features(ref, tower, variant, grid, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@settings(max_examples=16, deadline=None)
+@given(data=st.data(), grid=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_every_forward_features_variant_matches_reference(family, data, grid, seed):
+    ref, tower = small_tower(family, every_variant=True)
     variant = data.draw(st.sampled_from(every_feature_variant(tower.config.layers)))
+    check_forward_features(ref, tower, variant, grid, seed)
+
+
+def check_forward_features(ref, tower, variant, grid: int, seed: int) -> None:
     options = dict(zip(("layer_idx", "norm", "strip_cls_token"), variant, strict=True))
     images = random_images(2, grid * 8, 32, seed)
     got = tower.forward_features(images, **options)
@@ -114,7 +141,7 @@ def test_every_parameter_changes_the_output():
         perturbed[name] = weights[name] + 0.5 * np.sign(weights[name] + 1e-3)
         # Same config, target and variants: the library comes from the compile cache.
         moved = Encoder("custom", tower.config, tower.target, "float32", perturbed).prepare(
-            every_feature_variant(tower.config.layers))(images)
+            suite_feature_variants(tower.config.layers))(images)
         assert rel_error(moved, baseline) > 100 * TOLERANCE, f"{name} has no effect"
 
 
@@ -152,6 +179,7 @@ def generic_tower():
     return ref, lambda images: run(weights, images)
 
 
+@pytest.mark.slow  # a compile of its own; the GPU graphs (test_gpu_kernels.py) share its ops
 @settings(max_examples=5, deadline=None)
 @given(batch=st.integers(1, 2), grid_h=st.integers(1, 5), grid_w=st.integers(1, 5),
        seed=st.integers(0, 2**16))
@@ -184,7 +212,8 @@ def baseline_tower():
     return ref, Encoder("custom", cfg, baseline, "float32", numpy_weights(ref))
 
 
-@pytest.mark.parametrize("dtype", ["float16", pytest.param("bfloat16", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a compile per dtype
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_on_the_cpu_matches_reference(dtype):
     """fp16 / bf16 on this CPU (the generic graph: fp32 accumulation and LayerNorm statistics).
     Tolerance: `half_precision_limit`, as for the GPU graph."""

@@ -29,11 +29,11 @@ def missing_package(runner: str) -> str | None:
     return None
 
 
-# The smoke run of `make test` leaves out the runners that compile the peer's way (torch.compile
-# and the traced TVM route: minutes of a 2-core machine each); `make test-all` and `make bench`
-# (which names its models) run them.
+# The smoke run of `make test` leaves out the runners that compile or export the peer's way
+# (torch.compile, the ONNX export, the traced TVM route: minutes of a 2-core machine each);
+# `make test-all` and `make bench` (which names its models) run them.
 SMOKE = MODELS == [SMALL_MODEL]
-SLOW_IN_SMOKE = ("compile", "tvm-torch-export")
+SLOW_IN_SMOKE = ("compile", "onnxruntime", "tvm-torch-export")
 RUNNER_PARAMS = [pytest.param(r, marks=pytest.mark.slow) if SMOKE and r in SLOW_IN_SMOKE else r
                  for r in RUNNERS]
 

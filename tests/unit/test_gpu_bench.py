@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_bench.py"
 
 
@@ -20,6 +22,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow  # a compile of its own; `make bench-gpu` runs the script for real
 def test_gpu_bench_runs_on_the_cpu(tmp_path, capsys):
     gpu_bench = load_script()
     results = tmp_path / "rows.jsonl"

@@ -113,57 +113,60 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
                             acc[i, j], bias, res, gamma, tile % row_tiles * rows + i,
                             tile // row_tiles * cols + j)
 
-    # One signature per epilogue: the buffers each one reads, nothing more.
-    @T.prim_func(private=True)
-    def dense_plain(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_out: T.handle):
-        T.func_attr({"op_pattern": 8, "tirx.noalias": True,
-                     "tirx.is_scheduled": True})
-        batch = T.int64()
-        seq = T.int64()
-        x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
-        w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
-        bias = T.match_buffer(var_bias, (n,), "float32")
-        out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
-        x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
-        out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
-        dense_body(x, w, bias, None, None, out, batch, seq)
-
-    @T.prim_func(private=True)
-    def dense_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_res: T.handle,
-                  var_out: T.handle):
-        T.func_attr({"op_pattern": 8, "tirx.noalias": True,
-                     "tirx.is_scheduled": True})
-        batch = T.int64()
-        seq = T.int64()
-        x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
-        w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
-        bias = T.match_buffer(var_bias, (n,), "float32")
-        res_in = T.match_buffer(var_res, (batch, seq, n), "float32")
-        out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
-        x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
-        out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
-        res = T.decl_buffer((batch * seq, n), "float32", data=res_in.data)
-        dense_body(x, w, bias, res, None, out, batch, seq)
-
-    @T.prim_func(private=True)
-    def dense_scaled_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle,
-                         var_res: T.handle, var_gamma: T.handle, var_out: T.handle):
-        T.func_attr({"op_pattern": 8, "tirx.noalias": True,
-                     "tirx.is_scheduled": True})
-        batch = T.int64()
-        seq = T.int64()
-        x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
-        w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
-        bias = T.match_buffer(var_bias, (n,), "float32")
-        res_in = T.match_buffer(var_res, (batch, seq, n), "float32")
-        gamma = T.match_buffer(var_gamma, (n,), "float32")
-        out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
-        x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
-        out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
-        res = T.decl_buffer((batch * seq, n), "float32", data=res_in.data)
-        dense_body(x, w, bias, res, gamma, out, batch, seq)
-
-    return {None: dense_plain, "add": dense_add, "scaled_add": dense_scaled_add}[residual]
+    # One signature per epilogue: the buffers each one reads, nothing more. Only the one asked
+    # for is defined: `@T.prim_func` parses at definition, and parsing is most of a build.
+    if residual is None:
+        @T.prim_func(private=True)
+        def dense_plain(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_out: T.handle):
+            T.func_attr({"op_pattern": 8, "tirx.noalias": True,
+                         "tirx.is_scheduled": True})
+            batch = T.int64()
+            seq = T.int64()
+            x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
+            w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
+            bias = T.match_buffer(var_bias, (n,), "float32")
+            out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
+            x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
+            out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
+            dense_body(x, w, bias, None, None, out, batch, seq)
+        return dense_plain
+    elif residual == "add":
+        @T.prim_func(private=True)
+        def dense_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle, var_res: T.handle,
+                      var_out: T.handle):
+            T.func_attr({"op_pattern": 8, "tirx.noalias": True,
+                         "tirx.is_scheduled": True})
+            batch = T.int64()
+            seq = T.int64()
+            x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
+            w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
+            bias = T.match_buffer(var_bias, (n,), "float32")
+            res_in = T.match_buffer(var_res, (batch, seq, n), "float32")
+            out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
+            x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
+            out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
+            res = T.decl_buffer((batch * seq, n), "float32", data=res_in.data)
+            dense_body(x, w, bias, res, None, out, batch, seq)
+        return dense_add
+    else:
+        @T.prim_func(private=True)
+        def dense_scaled_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle,
+                             var_res: T.handle, var_gamma: T.handle, var_out: T.handle):
+            T.func_attr({"op_pattern": 8, "tirx.noalias": True,
+                         "tirx.is_scheduled": True})
+            batch = T.int64()
+            seq = T.int64()
+            x_in = T.match_buffer(var_x, (batch, seq, k), "float32")
+            w = T.match_buffer(var_w, (col_tiles, k, cols), "float32")
+            bias = T.match_buffer(var_bias, (n,), "float32")
+            res_in = T.match_buffer(var_res, (batch, seq, n), "float32")
+            gamma = T.match_buffer(var_gamma, (n,), "float32")
+            out_3d = T.match_buffer(var_out, (batch, seq, n), "float32")
+            x = T.decl_buffer((batch * seq, k), "float32", data=x_in.data)  # see dense_body
+            out = T.decl_buffer((batch * seq, n), "float32", data=out_3d.data)
+            res = T.decl_buffer((batch * seq, n), "float32", data=res_in.data)
+            dense_body(x, w, bias, res, gamma, out, batch, seq)
+        return dense_scaled_add
 
 
 def cpu_dense(
