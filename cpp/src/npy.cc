@@ -11,35 +11,154 @@ namespace {
 
 // NumPy's name for a dtype description, for messages: '<f8' -> float64.
 std::string DtypeName(const std::string& descr) {
-  if (descr.size() < 3) return descr;
-  char kind = descr[1];
-  std::string bits;
-  try {
-    bits = std::to_string(std::stoi(descr.substr(2)) * 8);
-  } catch (...) {
-    return descr;
+  // An item size of one to three digits (a larger one names no NumPy dtype: shown as written).
+  if (descr.size() < 3 || descr.size() > 5) return descr;
+  int bytes = 0;
+  for (size_t i = 2; i < descr.size(); ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(descr[i]))) return descr;
+    bytes = bytes * 10 + (descr[i] - '0');
   }
-  std::string order = descr[0] == '>' ? " (big-endian)" : "";
-  switch (kind) {
+  const std::string bits = std::to_string(bytes * 8);
+  const std::string order = descr[0] == '>' ? " (big-endian)" : "";
+  switch (descr[1]) {
     case 'f': return "float" + bits + order;
     case 'i': return "int" + bits + order;
     case 'u': return "uint" + bits + order;
-    case 'c': return "complex" + std::to_string(std::stoi(bits) * 2) + order;
+    case 'c': return "complex" + std::to_string(bytes * 16) + order;
     case 'b': return "bool";
     default: return descr;
   }
 }
 
-// The text after `'key':` in a header dict, with leading blanks skipped.
-size_t ValueStart(const std::string& header, const std::string& key, const std::string& path) {
-  size_t at = header.find("'" + key + "'");
-  if (at == std::string::npos) Fail("input ", path, " is not a valid .npy file (no '", key, "')");
-  at = header.find(':', at);
-  if (at == std::string::npos) Fail("input ", path, " is not a valid .npy file");
-  ++at;
-  while (at < header.size() && std::isspace(static_cast<unsigned char>(header[at]))) ++at;
-  return at;
-}
+// The header is a Python dict literal, which NumPy reads with `ast.literal_eval` and then
+// requires to hold exactly 'descr' (a string), 'fortran_order' (a bool) and 'shape' (a tuple
+// of ints). The same rules here, so that pe_infer reads a file as `np.load` does or refuses
+// it: a repeated key takes the last value, an unknown or missing key is an error, and nothing
+// but blanks may follow the closing brace.
+class HeaderParser {
+ public:
+  HeaderParser(const std::string& text, const std::string& path) : text_(text), path_(path) {}
+
+  NpyHeader Parse() {
+    if (text_.find('\0') != std::string::npos) Bad("a NUL byte in the header");
+    Expect('{');
+    bool seen[3] = {false, false, false};
+    while (!Take('}')) {
+      const std::string key = String("a key");
+      Expect(':');
+      if (key == "descr") {
+        SkipBlanks();
+        if (pos_ < text_.size() && text_[pos_] == '[') {
+          Fail("input ", path_, " has a structured dtype; pixels must be float32 (N, 3, H, W)");
+        }
+        header_.descr = String("the dtype");
+        seen[0] = true;
+      } else if (key == "fortran_order") {
+        const std::string word = Word();
+        if (word != "True" && word != "False") Bad("fortran_order is not True or False");
+        header_.fortran_order = word == "True";
+        seen[1] = true;
+      } else if (key == "shape") {
+        header_.shape = Tuple();
+        seen[2] = true;
+      } else {
+        Bad("unknown key '" + key + "'");
+      }
+      if (!Take(',')) {
+        Expect('}');
+        break;
+      }
+    }
+    SkipBlanks();
+    if (pos_ != text_.size()) Bad("text after the header's closing brace");
+    if (!(seen[0] && seen[1] && seen[2])) Bad("the header lacks descr, fortran_order or shape");
+    return header_;
+  }
+
+ private:
+  [[noreturn]] void Bad(const std::string& why) const {
+    Fail("input ", path_, " is not a valid .npy file (", why, ")");
+  }
+
+  // Blanks Python allows between the tokens of a bracketed literal.
+  void SkipBlanks() {
+    while (pos_ < text_.size() && std::strchr(" \t\n\r\f", text_[pos_]) != nullptr) ++pos_;
+  }
+
+  bool Take(char c) {
+    SkipBlanks();
+    if (pos_ < text_.size() && text_[pos_] == c) {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+
+  void Expect(char c) {
+    if (!Take(c)) Bad(std::string("expected '") + c + "'");
+  }
+
+  // A quoted string without escapes (NumPy writes none; a backslash is refused, not guessed).
+  std::string String(const char* what) {
+    SkipBlanks();
+    const char quote = pos_ < text_.size() ? text_[pos_] : '\0';
+    if (quote != '\'' && quote != '"') Bad(std::string(what) + " is not a string");
+    const size_t end = text_.find(quote, pos_ + 1);
+    if (end == std::string::npos) Bad("an unterminated string");
+    std::string value = text_.substr(pos_ + 1, end - pos_ - 1);
+    if (value.find_first_of("\\\n") != std::string::npos) Bad("an escape in a string");
+    pos_ = end + 1;
+    return value;
+  }
+
+  std::string Word() {
+    SkipBlanks();
+    const size_t start = pos_;
+    while (pos_ < text_.size() &&
+           (std::isalnum(static_cast<unsigned char>(text_[pos_])) || text_[pos_] == '_')) {
+      ++pos_;
+    }
+    return text_.substr(start, pos_ - start);
+  }
+
+  // A decimal int literal as Python writes one: no sign, no leading zeros, within int64.
+  int64_t Integer() {
+    SkipBlanks();
+    if (pos_ < text_.size() && text_[pos_] == '-') Bad("a negative dimension");
+    const std::string digits = Word();
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) {
+      Bad("a dimension is not an integer");
+    }
+    if (digits.size() > 1 && digits[0] == '0') Bad("a dimension with leading zeros");
+    int64_t value = 0;
+    for (char d : digits) {
+      if (value > (std::numeric_limits<int64_t>::max() - (d - '0')) / 10) {
+        Bad("a dimension past 2^63");
+      }
+      value = value * 10 + (d - '0');
+    }
+    return value;
+  }
+
+  // `()`, `(n,)`, `(n, m)` or `(n, m,)`: `(n)` is an int in Python, not a tuple.
+  std::vector<int64_t> Tuple() {
+    Expect('(');
+    std::vector<int64_t> dims;
+    bool comma = false;
+    while (!Take(')')) {
+      if (!dims.empty() && !comma) Bad("the shape lacks a comma");
+      dims.push_back(Integer());
+      comma = Take(',');
+    }
+    if (dims.size() == 1 && !comma) Bad("the shape is not a tuple");
+    return dims;
+  }
+
+  const std::string& text_;
+  const std::string& path_;
+  size_t pos_ = 0;
+  NpyHeader header_;
+};
 
 }  // namespace
 
@@ -63,48 +182,8 @@ NpyHeader ParseNpyHeader(const std::vector<uint8_t>& bytes, const std::string& p
   }
   if (bytes.size() < start + header_len) Fail("input ", path, " is a truncated .npy file");
   std::string header(reinterpret_cast<const char*>(bytes.data() + start), header_len);
-  NpyHeader out;
+  NpyHeader out = HeaderParser(header, path).Parse();
   out.data_offset = start + header_len;
-
-  size_t at = ValueStart(header, "descr", path);
-  if (at >= header.size() || (header[at] != '\'' && header[at] != '"')) {
-    Fail("input ", path, " has a structured dtype; pixels must be float32 (N, 3, H, W)");
-  }
-  size_t end = header.find(header[at], at + 1);
-  if (end == std::string::npos) Fail("input ", path, " is not a valid .npy file");
-  out.descr = header.substr(at + 1, end - at - 1);
-
-  at = ValueStart(header, "fortran_order", path);
-  if (header.compare(at, 4, "True") == 0) {
-    out.fortran_order = true;
-  } else if (header.compare(at, 5, "False") != 0) {
-    Fail("input ", path, " is not a valid .npy file (bad fortran_order)");
-  }
-
-  at = ValueStart(header, "shape", path);
-  end = header.find(')', at);
-  if (at >= header.size() || header[at] != '(' || end == std::string::npos) {
-    Fail("input ", path, " is not a valid .npy file (bad shape)");
-  }
-  std::string dims = header.substr(at + 1, end - at - 1);
-  size_t pos = 0;
-  while (pos < dims.size()) {
-    while (pos < dims.size() && (std::isspace(static_cast<unsigned char>(dims[pos])) ||
-                                 dims[pos] == ',')) {
-      ++pos;
-    }
-    if (pos >= dims.size()) break;
-    size_t used = 0;
-    long long dim;
-    try {
-      dim = std::stoll(dims.substr(pos), &used);
-    } catch (...) {
-      Fail("input ", path, " is not a valid .npy file (bad shape)");
-    }
-    if (dim < 0) Fail("input ", path, " is not a valid .npy file (negative dimension)");
-    out.shape.push_back(dim);
-    pos += used;
-  }
   return out;
 }
 
@@ -133,7 +212,7 @@ FloatArray ReadNpyFloat32(const std::string& path) {
   array.data.resize(count);
   const uint8_t* src = bytes.data() + header.data_offset;
   if (!header.fortran_order || header.shape.size() < 2) {
-    std::memcpy(array.data.data(), src, count * 4);
+    if (count) std::memcpy(array.data.data(), src, count * 4);  // no null pointer at count 0
     return array;
   }
   // Fortran order: element (i0, i1, ...) sits at i0 + d0 * (i1 + d1 * (...)).

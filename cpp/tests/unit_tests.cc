@@ -67,6 +67,55 @@ void TestHalf() {
   CHECK(pe::Bfloat16ToFloat(0x4049) == 3.140625f);
 }
 
+// A version 1.0 .npy file of `header` (padded as NumPy pads it) and `floats` float32 values.
+std::string NpyWithHeader(const std::string& dir, const std::string& name, std::string header,
+                          size_t floats) {
+  header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
+  header += '\n';
+  std::vector<uint8_t> bytes = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+                                static_cast<uint8_t>(header.size() & 0xff),
+                                static_cast<uint8_t>(header.size() >> 8)};
+  bytes.insert(bytes.end(), header.begin(), header.end());
+  bytes.resize(bytes.size() + 8 * floats, 0);  // room for float64 too
+  const std::string path = dir + "/" + name + ".npy";
+  pe::WriteFileAtomically(path, bytes);
+  return path;
+}
+
+// The header is read with NumPy's rules (`np.load` refuses or reads each of these the same way).
+void TestNpyHeaderRules(const std::string& dir) {
+  const std::string shape = "'fortran_order': False, 'shape': (1, 3, 2, 2), }";
+  auto refused = [&](const std::string& name, const std::string& header, const char* why) {
+    const std::string path = NpyWithHeader(dir, name, header, 12);
+    return Throws([&] { pe::ReadNpyFloat32(path); }, why);
+  };
+  // A repeated key takes its last value, as in a Python dict.
+  CHECK(refused("dup8", "{'descr': '<f4', 'descr': '<f8', " + shape, "has dtype float64"));
+  const std::string last_f4 = NpyWithHeader(dir, "dup4", "{'descr': '<f8', 'descr': '<f4', " +
+                                            shape, 12);
+  CHECK(pe::ReadNpyFloat32(last_f4).data.size() == 12);
+  CHECK(refused("extra", "{'descr': '<f4', 'extra': 1, " + shape, "unknown key 'extra'"));
+  CHECK(refused("missing", "{'descr': '<f4', 'shape': (1, 3, 2, 2), }", "lacks"));
+  CHECK(refused("truex", "{'descr': '<f4', 'fortran_order': Truex, 'shape': (12,), }",
+                "not True or False"));
+  CHECK(refused("nocomma", "{'descr': '<f4', 'fortran_order': False, 'shape': (3 4), }",
+                "lacks a comma"));
+  CHECK(refused("int", "{'descr': '<f4', 'fortran_order': False, 'shape': (12), }",
+                "not a tuple"));
+  CHECK(refused("nul", std::string("{'descr': '<f4',") + '\0' + " " + shape, "NUL byte"));
+  CHECK(refused("after", "{'descr': '<f4', " + shape + "x", "after the header"));
+  CHECK(refused("big", "{'descr': '<f4', 'fortran_order': False, 'shape': "
+                       "(99999999999999999999,), }", "past 2^63"));
+  CHECK(refused("negative", "{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }",
+                "negative dimension"));
+  // An item size past int: named as written, no signed overflow.
+  CHECK(refused("huge", "{'descr': '<f999999999', " + shape, "has dtype <f999999999"));
+  // No pixels at all: read without touching the (absent) data.
+  const std::string empty = NpyWithHeader(dir, "empty", "{'descr': '<f4', 'fortran_order': "
+                                          "False, 'shape': (0, 3, 2, 2), }", 0);
+  CHECK(pe::ReadNpyFloat32(empty).data.empty());
+}
+
 void TestNpy(const std::string& dir) {
   const std::string path = dir + "/a.npy";
   std::vector<float> values(2 * 3 * 4);
@@ -106,6 +155,7 @@ void TestNpy(const std::string& dir) {
   pe::WriteFileAtomically(dir + "/text.npy", std::vector<uint8_t>{'h', 'e', 'l', 'l', 'o'});
   CHECK(Throws([&] { pe::ReadNpyFloat32(dir + "/text.npy"); }, "not a .npy file"));
   CHECK(Throws([&] { pe::ReadNpyFloat32(dir + "/none.npy"); }, "does not exist"));
+  TestNpyHeaderRules(dir);
 }
 
 void TestOutputChecks(const std::string& dir) {
