@@ -49,7 +49,7 @@ clean:
 # ---- C++ runner (cpp/) --------------------------------------------------------------------------
 # `make cpp` builds build/cpp/pe_infer against the TVM runtime and tvm-ffi of the .venv wheels.
 CPP_BUILD := build/cpp
-.PHONY: cpp cpp-deps cpp-test cpp-bench
+.PHONY: cpp cpp-deps cpp-test cpp-bench fuzz
 
 # The system packages the C++ build needs (cmake, g++, libpng, libjpeg, zlib), installed with
 # apt-get when missing; `make test` runs it first since the suite builds cpp/ (tests/cpp).
@@ -66,3 +66,15 @@ cpp-test: cpp
 # Per-image latency of pe_infer against the Python API (docs/perf.md, "C++ runner").
 cpp-bench: cpp
 	$(PY) cpp/scripts/bench_cpp.py --pe-infer $(CPP_BUILD)/pe_infer
+
+# The fuzz tests at FUZZ_CASES inputs per format (`make test` runs 150): the Python readers, and
+# pe_infer's readers built with AddressSanitizer + UndefinedBehaviorSanitizer, where any report
+# aborts the harness and fails the test (tests/cpp/test_fuzz_cpp.py).
+FUZZ_BUILD := build/fuzz
+FUZZ_CASES ?= 3000
+fuzz: $(STAMP) cpp-deps
+	cmake -S cpp -B $(FUZZ_BUILD) -DPE_PYTHON=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DPE_SANITIZE=ON
+	cmake --build $(FUZZ_BUILD) -j --target pe_fuzz_inputs
+	ASAN_OPTIONS=detect_leaks=0 PE_CPP_BUILD=$(abspath $(FUZZ_BUILD)) PE_FUZZ_CASES=$(FUZZ_CASES) \
+		$(PY) -m pytest -q -n 0 tests/cpp/test_fuzz_cpp.py tests/unit/test_fuzz_inputs.py

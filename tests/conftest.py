@@ -68,6 +68,7 @@ def shared_work(nodeid: str) -> str:
                 nodeid)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` runs without it
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 

@@ -25,7 +25,10 @@ def _missing_tools() -> list[str]:
 
 @pytest.fixture(scope="session")
 def cpp_build(tmp_path_factory) -> Path:
-    """`cpp/` configured and built in an empty folder; skips only without cmake or a compiler."""
+    """`cpp/` configured and built in an empty folder; skips only without cmake or a compiler.
+    `PE_CPP_BUILD` names a build to use instead (`make fuzz`: the sanitizer build)."""
+    if os.environ.get("PE_CPP_BUILD"):
+        return Path(os.environ["PE_CPP_BUILD"]).resolve()
     missing = _missing_tools()
     if missing:
         pytest.skip(f"the C++ runner needs {' and '.join(missing)} (`make cpp-deps` installs "

@@ -23,7 +23,7 @@ from pe_port.cli import _image_files, _read_npy, main
 from pe_port.errors import UserError
 from pe_port.preprocess import MAX_IMAGE_PIXELS, load_image, preprocess
 
-CASES_PER_FORMAT = 150
+CASES_PER_FORMAT = int(os.environ.get("PE_FUZZ_CASES", "150"))  # `make fuzz`: thousands
 
 
 def valid_npy() -> bytes:

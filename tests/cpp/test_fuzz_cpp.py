@@ -1,0 +1,118 @@
+"""Hostile and damaged inputs to pe_infer's readers: each is read or refused with one line,
+never a crash, a hang or an exception other than the one pe_infer reports with exit 2.
+
+The seeded mutator of tests/unit/test_fuzz_inputs.py runs variants of a valid `.npy`, PNG,
+JPEG and artifact `metadata.json` through `pe_fuzz_inputs` (the very readers pe_infer uses,
+many inputs per process). `make test` runs `PE_FUZZ_CASES` (default 150) per format; `make
+fuzz` runs thousands against a build with AddressSanitizer and UndefinedBehaviorSanitizer,
+where any report aborts the process and fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.unit.test_fuzz_inputs import mutate, valid_image, valid_npy
+
+CASES = int(os.environ.get("PE_FUZZ_CASES", "150"))
+PER_PROCESS = 400  # inputs per run of the harness (a command line of bounded length)
+
+
+def run_harness(build: Path, kind: str, inputs: list[Path]) -> list[str]:
+    """One line per input, in order; fails on a crash, a sanitizer report or a stray throw."""
+    lines = []
+    for start in range(0, len(inputs), PER_PROCESS):
+        chunk = inputs[start:start + PER_PROCESS]
+        done = subprocess.run([str(build / "pe_fuzz_inputs"), kind, *map(str, chunk)],
+                              capture_output=True, text=True, timeout=600)
+        out = done.stdout.splitlines()
+        assert done.returncode == 0, (
+            f"exit {done.returncode} after {len(out)} of {len(chunk)} {kind} inputs "
+            f"(next: {chunk[min(len(out), len(chunk) - 1)]}):\n{done.stderr[-3000:]}")
+        lines += out
+    assert len(lines) == len(inputs), "a message of more than one line, or a missing one"
+    assert all(line == "ok" or line.startswith("refused: ") for line in lines), lines
+    return lines
+
+
+def mutated_files(folder: Path, seed_bytes: bytes, suffix: str, seed: int) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    paths = []
+    for i in range(CASES):
+        path = folder / f"{i}{suffix}"
+        path.write_bytes(mutate(seed_bytes, rng))
+        paths.append(path)
+    return paths
+
+
+def test_mutated_npy_files_are_read_or_refused(cpp_build, tmp_path):
+    lines = run_harness(cpp_build, "npy", mutated_files(tmp_path / "npy", valid_npy(), ".npy", 1))
+    assert any(line.startswith("refused: ") for line in lines)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_mutated_images_are_read_or_refused(cpp_build, tmp_path, fmt):
+    files = mutated_files(tmp_path / fmt, valid_image(fmt), f".{fmt.lower()}", 2)
+    lines = run_harness(cpp_build, "image", files)
+    assert any(line.startswith("refused: ") for line in lines)
+
+
+# Values a tampered metadata.json may hold where a number, string or list belongs.
+HOSTILE_VALUES = [-1, 0, 2**63, 2**64 + 1, 1e308, -1e308, float("nan"), float("inf"), "",
+                  "x" * 1000, [], {}, None, True, [[[[[[[[[[1]]]]]]]]]], [2**62] * 4]
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, (*path, key))
+    elif isinstance(value, list) and value:
+        for index, item in enumerate(value):
+            yield from _leaves(item, (*path, index))
+    yield path
+
+
+def _replace(value, path, new):
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _replace(value[path[0]], path[1:], new)
+    return copy
+
+
+def tampered_metadata(text: str, rng: np.random.Generator) -> str:
+    """Half byte mutations (mostly broken JSON), half valid JSON with one value replaced."""
+    if rng.integers(0, 2) == 0:
+        return mutate(text.encode(), rng).decode("latin-1")
+    meta = json.loads(text)
+    paths = list(_leaves(meta))
+    path = paths[int(rng.integers(0, len(paths)))]
+    value = HOSTILE_VALUES[int(rng.integers(0, len(HOSTILE_VALUES)))]
+    return json.dumps(_replace(meta, path, value))
+
+
+def test_tampered_artifacts_are_read_or_refused(cpp_build, t16_artifact, tmp_path):
+    text = (t16_artifact / "metadata.json").read_text()
+    rng = np.random.default_rng(3)
+    dirs = []
+    for i in range(CASES):
+        case = tmp_path / str(i)
+        case.mkdir()
+        for name in ("model.so", "weights.bin"):
+            try:
+                os.link(t16_artifact / name, case / name)
+            except OSError:
+                shutil.copyfile(t16_artifact / name, case / name)
+        (case / "metadata.json").write_text(tampered_metadata(text, rng), encoding="latin-1")
+        dirs.append(case)
+    lines = run_harness(cpp_build, "artifact", [t16_artifact, *dirs])
+    assert lines[0] == "ok"  # the untouched artifact is read
+    assert sum(line.startswith("refused: ") for line in lines) > CASES // 4
