@@ -30,12 +30,12 @@ SETTINGS = settings(max_examples=10, deadline=None)
 # the most options on); the others are `slow` (`make test-all`). Widths 24 and 48 are not
 # multiples of the 16-float vector: the kernels' remainder paths run too.
 batches = st.integers(1, 3)
+grids = st.integers(1, 6)
+seeds = st.integers(0, 2**16)
 
 
 def structures(choices: list) -> list:
     return [choices[0]] + [pytest.param(c, marks=pytest.mark.slow) for c in choices[1:]]
-grids = st.integers(1, 6)
-seeds = st.integers(0, 2**16)
 
 
 def tokens_spec(width: int) -> nn.spec.Tensor:
