@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -88,14 +89,10 @@ _session = {}
 
 
 def pytest_sessionstart(session):
-    import time
-
     _session.update(start=time.monotonic(), config=session.config)
 
 
 def pytest_runtest_logreport(report):
-    import time
-
     if report.duration < SLOW_PHASE_S or "config" not in _session:
         return
     reporter = _session["config"].pluginmanager.get_plugin("terminalreporter")
