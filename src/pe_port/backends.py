@@ -23,7 +23,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 
 from pe_port.kernels.attention import cpu_attention, gpu_flash_attention
-from pe_port.kernels.dense import cpu_dense
+from pe_port.kernels.dense import cpu_dense, gpu_dense
 from pe_port.kernels.layer_norm import cpu_layer_norm, cpu_layer_norm_fits
 from pe_port.kernels.patches import image_patches
 from pe_port.kernels.schedule_cpu import cpu_rules, schedule_passes
@@ -181,8 +181,9 @@ class CpuBackend(Backend):
 
 
 class GpuBackend(Backend):
-    """CUDA: the generic ops (fp16/bf16 matmuls on the tensor cores, scheduled by dlight), the
-    flash attention kernel, and the patch embedding as a matmul.
+    """CUDA: the generic ops (fp16/bf16 matmuls on the tensor cores, scheduled by dlight, reading
+    the weights in their stored layout), the flash attention kernel, and the patch embedding
+    as a matmul.
 
     Pipeline: TVM's CUDA pipeline with the rules of `schedule_gpu` in place of its dlight step.
     `emulate` builds the flash kernel in its serial form, so the GPU graph runs on a CPU.
@@ -192,6 +193,11 @@ class GpuBackend(Backend):
 
     def __init__(self, emulate: bool = False) -> None:
         self.emulate = emulate
+
+    def linear(self, x, weight, bias, activation=None, residual=None, gamma=None):
+        if x.dtype == "float32":  # plain cores: measured only as the generic matmul
+            return super().linear(x, weight, bias, activation, residual, gamma)
+        return gpu_dense(x, weight, bias, activation, residual, gamma)
 
     def attention(self, q, k, v, scale):
         return gpu_flash_attention(q, k, v, scale, emulate=self.emulate)

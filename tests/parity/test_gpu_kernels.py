@@ -18,6 +18,7 @@ Tolerances (relative error, float64 references):
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 from pe_port.build import cpu_target
 from pe_port.config import custom_config
 from pe_port.kernels.attention import make_flash_attention_kernel
+from pe_port.kernels.dense import make_gpu_dense_kernel
 from pe_port.runtime import to_numpy_dtype
 from tests.helpers import (
     UNIT_ROUNDOFF,
@@ -102,6 +104,53 @@ def test_flash_attention_softmax_survives_large_scores():
     assert np.isfinite(got).all()
     assert rel_error(got, reference_attention(q.astype(np.float64), k, v, head_dim**-0.5)) <= 1e-5
 
+
+
+
+@functools.cache
+def cpu_gpu_dense(k: int, n: int, dtype: str, activation: str | None, residual: str | None):
+    """The GPU build's dense kernel before its schedule (the loop nest dlight tiles)."""
+    kernel = make_gpu_dense_kernel(k, n, dtype, activation, residual)
+    return tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
+                       target=cpu_target())["main"]
+
+
+# (dtype, k, n, activation, residual): each a compile; odd sizes, every epilogue once.
+DENSES = [("float16", 24, 40, "gelu", None), ("float16", 16, 8, None, "scaled_add"),
+          pytest.param(("bfloat16", 16, 8, None, "add"), marks=pytest.mark.slow)]
+
+
+def dense_reference(x, w, bias, activation, res, gamma):
+    y = x @ w.T + bias
+    if activation == "gelu":
+        y = y * 0.5 * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
+    if gamma is not None:
+        y = gamma * y
+    return y if res is None else res + y
+
+
+@pytest.mark.parametrize("case", DENSES)
+@settings(max_examples=6, deadline=None)
+@given(batch=st.integers(1, 3), seq=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_gpu_dense_matches_reference(case, batch, seq, seed):
+    """`x @ w.T + bias` with `w` read in its stored `[out, in]` layout, then the epilogue, in
+    float32 on dtype inputs and rounded to the dtype once: against float64 on the same
+    (rounded) inputs, at most 2 units of roundoff of the dtype (the one rounding of the output;
+    the float32 sums and erf add ~1e-7)."""
+    dtype, k, n, activation, residual = case
+    rng = np.random.default_rng(seed)
+    np_dtype = to_numpy_dtype(dtype)
+    x = rng.standard_normal((batch, seq, k)).astype(np_dtype)
+    w, bias, gamma = (rng.standard_normal(shape).astype(np_dtype) for shape in ((n, k), n, n))
+    res = rng.standard_normal((batch, seq, n)).astype(np_dtype)
+    args = [x, w, bias, *([res] if residual else []), *([gamma] if residual == "scaled_add"
+                                                         else [])]
+    out = tvm.runtime.tensor(np.full((batch, seq, n), np.nan, np_dtype))
+    cpu_gpu_dense(k, n, dtype, activation, residual)(*(tvm.runtime.tensor(a) for a in args), out)
+    want = dense_reference(*(a.astype(np.float64) for a in (x, w, bias)), activation,
+                           res.astype(np.float64) if residual else None,
+                           gamma.astype(np.float64) if residual == "scaled_add" else None)
+    assert rel_error(out.numpy().astype(np.float64), want) <= 2 * UNIT_ROUNDOFF[dtype]
 
 # Each case is a compile (minutes of a 2-core machine): `make test` builds the fp16 graph (the
 # flash kernel, fp32 accumulation and statistics, the patch embedding as a matmul); fp32, bf16

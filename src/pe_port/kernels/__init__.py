@@ -2,7 +2,7 @@
 
 | file | what it computes | CPU | GPU |
 |---|---|---|---|
-| `dense.py` | matmul + bias + GELU / LayerScale / residual | `cpu_dense` | (dlight's matmul) |
+| `dense.py` | matmul + bias + GELU / LayerScale / residual | `cpu_dense` | `gpu_dense` |
 | `attention.py` | softmax attention, heads merged | `cpu_attention` | `gpu_flash_attention` |
 | `layer_norm.py` | LayerNorm over the last axis | `cpu_layer_norm` | (dlight's) |
 | `rope.py` | 2D RoPE fused with the q/k/v split | `rope_qkv` | the same |

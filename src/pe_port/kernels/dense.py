@@ -6,7 +6,7 @@ outputs accumulates over the reduction while LLVM keeps the tile in vector regis
 parallel, and the row count (batch x tokens) stays symbolic. Rows past the end are computed on a
 clamped (valid) input row and never stored, so no branch sits in the inner loop.
 
-The GPU has no hand-written matmul: `Backend` hands it the generic `matmul`, which dlight
+On the GPU the kernel (`gpu_dense`) is the same computation as a plain loop nest that dlight
 schedules on the tensor cores (`schedule_gpu.py`).
 """
 
@@ -183,21 +183,132 @@ def cpu_dense(
     `bias` (the patch embedding, the final projection) adds zeros. `gamma` is only used with
     `residual`.
     """
+    n = int(weight.shape[0])
+    return _call_dense(lambda k, mode: make_dense_kernel(k, n, activation, mode), "dense",
+                       x, pack_weight(weight), n, bias, residual, gamma, "float32")
+
+
+def _call_dense(kernel_for, name: str, x: nn.Tensor, weight: nn.Tensor, n: int,
+                bias: nn.Tensor | None, residual: nn.Tensor | None, gamma: nn.Tensor | None,
+                dtype: str) -> nn.Tensor:
+    """The call of a dense kernel `kernel_for(k, residual_mode)` with `cpu_dense`'s contract:
+    a `[batch, k]` input as one token per image, zeros for a missing bias."""
     flat = x.ndim == 2
     if flat:
         x = op.unsqueeze(x, 1)
         residual = None if residual is None else op.unsqueeze(residual, 1)
     batch, seq, k = x.shape
-    n = int(weight.shape[0])
     if bias is None:
-        bias = op.zeros((n,), "float32")
+        bias = op.zeros((n,), dtype)
     mode = None if residual is None else ("add" if gamma is None else "scaled_add")
-    kernel = make_dense_kernel(int(k), n, activation, mode)
-    args = [x, pack_weight(weight), bias]
-    if residual is not None:
-        args.append(residual)
-    if gamma is not None:
-        args.append(gamma)
-    out = op.tensor_ir_op(kernel, "dense", args=args,
-                          out=nn.Tensor.placeholder((batch, seq, n), "float32"))
+    args = [x, weight, bias, *(t for t in (residual, gamma) if t is not None)]
+    out = op.tensor_ir_op(kernel_for(int(k), mode), name, args=args,
+                          out=nn.Tensor.placeholder((batch, seq, n), dtype))
     return op.squeeze(out, 1) if flat else out
+
+
+@functools.cache
+@quick_frame_inspection()
+def make_gpu_dense_kernel(k: int, n: int, dtype: str, activation: str | None,
+                          residual: str | None):
+    """`out = epilogue(x[b, s, k] @ w[n, k]^T + bias[n])` in `dtype`, unscheduled: a matmul
+    block (products of `dtype` inputs, float32 sums) and an epilogue block, which the GPU
+    build's dlight rules put on the tensor cores and fold into the matmul's store.
+
+    `w` is read as stored, `[out, in]`. Through the generic `matmul(x, permute_dims(w))` the
+    transpose was lifted into the load-time weight transform, and dlight's tensor-core
+    schedule (which stages B as `[out, in]` tiles, 4 elements along `in` per thread) gathered
+    each group of 4 with scalar loads a row apart: 16 memory sectors for 64 useful bytes per
+    warp. Read in place, each thread loads 4 neighbours at once and a warp reads whole lines.
+    One kernel with its epilogue, rather than a matmul that TVM's FuseOps extends: FuseTIR
+    refuses to merge a hand-written kernel whose symbolic row count differs in form from the
+    graph's (the patch embedding's `h // 16 * (w // 16)` tokens).
+
+    `activation`, `residual`: as `make_dense_kernel`; bias, gamma and residual are read in
+    `dtype` and widened, the sum is rounded to `dtype` once, as `Backend.linear` does.
+    """
+    k, n = T.int64(k), T.int64(n)  # index arithmetic in int64 throughout, as TVM legalizes
+
+    def finish(y, bias, res, gamma, b, i, j):
+        """The epilogue in float32, built at parse time from the buffers a signature has."""
+        y = y + T.Cast("float32", bias[j])
+        if activation == "gelu":
+            y = y * T.float32(0.5) * (T.float32(1.0) + T.erf(y * T.float32(math.sqrt(0.5))))
+        if gamma is not None:
+            y = T.Cast("float32", gamma[j]) * y
+        if res is not None:
+            y = T.Cast("float32", res[b, i, j]) + y
+        return T.Cast(dtype, y)
+
+    @T.macro
+    def dense_body(x, w, bias, res, gamma, out, batch, seq):
+        acc = T.sblock_alloc_buffer((batch, seq, n), "float32")  # a block buffer, as dlight expects
+        for b, i, j, r in T.grid(batch, seq, n, k):
+            with T.sblock("matmul_nt"):
+                vb, vi, vj, vr = T.axis.remap("SSSR", [b, i, j, r])
+                with T.init():
+                    acc[vb, vi, vj] = T.float32(0)
+                acc[vb, vi, vj] = acc[vb, vi, vj] + T.Cast("float32", x[vb, vi, vr]) * T.Cast(
+                    "float32", w[vj, vr])
+        for b, i, j in T.grid(batch, seq, n):
+            with T.sblock("epilogue"):
+                vb, vi, vj = T.axis.remap("SSS", [b, i, j])
+                out[vb, vi, vj] = finish(acc[vb, vi, vj], bias, res, gamma, vb, vi, vj)
+
+    # One signature per epilogue, as `make_dense_kernel`; only the one asked for is parsed.
+    if residual is None:
+        @T.prim_func(private=True, s_tir=True)
+        def gpu_dense_plain(var_x: T.handle, var_w: T.handle, var_bias: T.handle,
+                            var_out: T.handle):
+            T.func_attr({"op_pattern": 8, "tirx.noalias": True})
+            batch = T.int64()
+            seq = T.int64()
+            x = T.match_buffer(var_x, (batch, seq, k), dtype)
+            w = T.match_buffer(var_w, (n, k), dtype)
+            bias = T.match_buffer(var_bias, (n,), dtype)
+            out = T.match_buffer(var_out, (batch, seq, n), dtype)
+            dense_body(x, w, bias, None, None, out, batch, seq)
+        return gpu_dense_plain
+    elif residual == "add":
+        @T.prim_func(private=True, s_tir=True)
+        def gpu_dense_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle,
+                          var_res: T.handle, var_out: T.handle):
+            T.func_attr({"op_pattern": 8, "tirx.noalias": True})
+            batch = T.int64()
+            seq = T.int64()
+            x = T.match_buffer(var_x, (batch, seq, k), dtype)
+            w = T.match_buffer(var_w, (n, k), dtype)
+            bias = T.match_buffer(var_bias, (n,), dtype)
+            res = T.match_buffer(var_res, (batch, seq, n), dtype)
+            out = T.match_buffer(var_out, (batch, seq, n), dtype)
+            dense_body(x, w, bias, res, None, out, batch, seq)
+        return gpu_dense_add
+    else:
+        @T.prim_func(private=True, s_tir=True)
+        def gpu_dense_scaled_add(var_x: T.handle, var_w: T.handle, var_bias: T.handle,
+                                 var_res: T.handle, var_gamma: T.handle, var_out: T.handle):
+            T.func_attr({"op_pattern": 8, "tirx.noalias": True})
+            batch = T.int64()
+            seq = T.int64()
+            x = T.match_buffer(var_x, (batch, seq, k), dtype)
+            w = T.match_buffer(var_w, (n, k), dtype)
+            bias = T.match_buffer(var_bias, (n,), dtype)
+            res = T.match_buffer(var_res, (batch, seq, n), dtype)
+            gamma = T.match_buffer(var_gamma, (n,), dtype)
+            out = T.match_buffer(var_out, (batch, seq, n), dtype)
+            dense_body(x, w, bias, res, gamma, out, batch, seq)
+        return gpu_dense_scaled_add
+
+
+def gpu_dense(
+    x: nn.Tensor,
+    weight: nn.Tensor,
+    bias: nn.Tensor | None,
+    activation: str | None = None,
+    residual: nn.Tensor | None = None,
+    gamma: nn.Tensor | None = None,
+) -> nn.Tensor:
+    """`cpu_dense`'s contract for the GPU (`make_gpu_dense_kernel`), in `x`'s dtype."""
+    n = int(weight.shape[0])
+    return _call_dense(lambda k, mode: make_gpu_dense_kernel(k, n, x.dtype, activation, mode),
+                       "gpu_dense", x, weight, n, bias, residual, gamma, x.dtype)
