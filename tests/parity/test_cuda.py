@@ -73,6 +73,12 @@ def test_half_precision_matmuls_run_on_tensor_cores(dtype):
     # Every matmul of a block (qkv, out, fc, proj) and of the pool: one kernel each at least.
     assert source.count(fragment) >= 4
     assert "wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>" in source
+    # Every Linear is a `gpu_dense` kernel (weights read as stored, docs/porting.md), each one
+    # on the tensor cores: none fell through to the plain-core rules.
+    definitions = [body for body in source.split('extern "C" __global__')
+                   if body.split("\n")[0].rstrip().endswith("{")]  # not the declarations
+    dense = [body for body in definitions if re.search(r"\bgpu_dense\d*_kernel\(", body)]
+    assert len(dense) >= 4 and all("mma_sync" in body for body in dense)
 
 
 @needs_nvcc
