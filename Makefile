@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the local CPU build, not the CUDA wheels another spec would pull.
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[dev]'
+	# The tokenizer's BPE vocabulary (read as a file); open_clip's own dependencies are not needed.
+	$(PY) -m pip install --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
 
 # Two workers (pytest-xdist): a compile uses one core. Tests that share compiled libraries run

@@ -1,7 +1,8 @@
-"""The PE vision tower in PyTorch, module for module and key for key with the original.
+"""The PE towers in PyTorch, module for module and key for key with the original.
 
-An official state dict loads into `VisionTransformer` with `strict=True`. Parameters are created
-uninitialised (`torch.empty`): tests and loaders always fill every one of them.
+An official state dict loads into `VisionTransformer` (vision-only checkpoints) or `CLIP`
+(PE-Core: text keys at the root, vision keys under `visual.`) with `strict=True`. Parameters are
+created uninitialised (`torch.empty`): tests and loaders always fill every one of them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ class AttentionPooling(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused q|k|v projection and optional 2D RoPE."""
+    """Multi-head self-attention with a fused q|k|v projection, optional 2D RoPE and mask.
+
+    Without RoPE it computes what the original's `nn.MultiheadAttention` (the text tower's
+    attention) computes, with the same parameter names.
+    """
 
     def __init__(self, embed_dim: int, num_heads: int, rope: Rope2D | None = None) -> None:
         super().__init__()
@@ -69,7 +74,8 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         self.rope = rope
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attn_mask`: `[seq, seq]`, added to the attention logits (`-inf` hides a key)."""
         batch, seq, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         # Features are laid out q | k | v, each (heads, head_dim).
@@ -77,7 +83,8 @@ class SelfAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         if self.rope is not None:
             q, k = self.rope(q, k)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             scale=self.head_dim**-0.5)
         out = out.transpose(1, 2).reshape(batch, seq, width)
         return self.out_proj(out)
 
@@ -101,8 +108,8 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=LN_EPS)
         self.mlp = _mlp(width, mlp_width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls_1(self.attn(self.ln_1(x)))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.ls_1(self.attn(self.ln_1(x), attn_mask=attn_mask))
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
 
@@ -114,10 +121,12 @@ class Transformer(nn.Module):
         self.layers = layers
         self.resblocks = nn.ModuleList([make_block() for _ in range(layers)])
 
-    def forward(self, x: torch.Tensor, layer_idx: int = -1) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, layer_idx: int = -1
+    ) -> torch.Tensor:
         stop_idx = (self.layers + layer_idx) % self.layers
         for block in self.resblocks[: stop_idx + 1]:
-            x = block(x)
+            x = block(x, attn_mask=attn_mask)
         return x
 
 
@@ -230,3 +239,86 @@ class VisionTransformer(nn.Module):
         if self.proj is not None:
             x = x @ self.proj
         return x
+
+
+def causal_mask(size: int) -> torch.Tensor:
+    """`[size, size]`, added to attention logits: 0 on and below the diagonal, -inf above."""
+    return torch.full((size, size), float("-inf")).triu(1)
+
+
+class TextTransformer(nn.Module):
+    """The PE-Core text tower: a causal transformer over token ids, pooled at end of text.
+
+    Takes the official `PETextConfig` names as keyword arguments. No LayerScale, no RoPE; the
+    attention is the original's `nn.MultiheadAttention`, which `SelfAttention` computes.
+    """
+
+    def __init__(
+        self,
+        context_length: int,
+        width: int,
+        heads: int,
+        layers: int,
+        output_dim: int,
+        mlp_ratio: float = 4.0,
+        vocab_size: int = 49408,
+    ) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.transformer = Transformer(
+            layers,
+            lambda: ResidualAttentionBlock(
+                width, heads, int(width * mlp_ratio), use_layer_scale=False, rope=None
+            ),
+        )
+        self.ln_final = nn.LayerNorm(width, eps=LN_EPS)
+        # Not in the state dict: the original rebuilds it too.
+        self.register_buffer("attn_mask", causal_mask(context_length), persistent=False)
+        self.text_projection = nn.Parameter(torch.empty(width, output_dim))
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        """`text`: int64 ids `[batch, seq]`, `seq <= context_length` -> `[batch, output_dim]`."""
+        batch, seq = text.shape
+        x = self.token_embedding(text) + self.positional_embedding[:seq]
+        x = self.transformer(x, attn_mask=self.attn_mask[:seq, :seq].to(x.dtype))
+        x = self.ln_final(x)
+        # The end-of-text id is the largest id, and the causal mask keeps later padding out.
+        pooled = x[torch.arange(batch), text.argmax(dim=-1)]
+        return pooled @ self.text_projection
+
+
+class CLIP(TextTransformer):
+    """PE-Core: the text tower at the root of the state dict, the vision tower as `visual`.
+
+    `vision_cfg` and `text_cfg` hold the official config names (`PEConfig.as_kwargs()`,
+    `PETextConfig.as_kwargs()`).
+    """
+
+    def __init__(self, vision_cfg: dict, text_cfg: dict) -> None:
+        super().__init__(**text_cfg)
+        self.visual = VisionTransformer(**vision_cfg)
+        self.logit_scale = nn.Parameter(torch.empty(()))
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.visual(image)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_video(self, video: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """`[batch, frames, 3, H, W]` -> the mean of the frame embeddings (not renormalised)."""
+        batch, frames, channels, height, width = video.shape
+        x = self.encode_image(video.reshape(batch * frames, channels, height, width), normalize)
+        return x.reshape(batch, frames, -1).mean(dim=1)
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = super().forward(text)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(
+        self, image: torch.Tensor | None = None, text: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """Normalised image and text embeddings (None for a missing input), `logit_scale.exp()`."""
+        image_emb = self.encode_image(image, normalize=True) if image is not None else None
+        text_emb = self.encode_text(text, normalize=True) if text is not None else None
+        return image_emb, text_emb, self.logit_scale.exp()

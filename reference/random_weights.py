@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 
 _NORM_WEIGHTS = ("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight",
-                 "layernorm.weight")
+                 "layernorm.weight", "ln_final.weight")
 
 
 def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     """Fill every parameter with random values: no zero bias, no constant gamma or norm weight.
 
     Matrices get fan-in scaling so activations stay O(1) through deep stacks; vectors (biases,
-    LayerNorm affine, LayerScale gamma) get values far from any init constant, so a dropped or
-    misplaced vector changes the output visibly. Values are float32-representable, so an fp32
-    copy of the weights equals a float64 one.
+    LayerNorm affine, LayerScale gamma), the embedding tables and CLIP's scalar `logit_scale` get
+    values far from any init constant, so a dropped or misplaced one changes the output visibly.
+    Values are float32-representable, so an fp32 copy of the weights equals a float64 one.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

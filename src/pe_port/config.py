@@ -1,7 +1,8 @@
-"""The Perception Encoder vision configurations: one dataclass, every official model by name.
+"""The Perception Encoder configurations: one dataclass per tower, every official model by name.
 
-Field names are the official ones (`PEConfig` in Meta's `core/vision_encoder/config.py`), so a
-config converts to the reference's constructor arguments with `dataclasses.asdict`.
+Field names are the official ones (`PEConfig` and `PETextConfig` in Meta's
+`core/vision_encoder/config.py`), so a config converts to the reference's constructor arguments
+with `dataclasses.asdict`. Only the PE-Core models (CLIP models) have a text tower.
 """
 
 from __future__ import annotations
@@ -160,4 +161,64 @@ def get_config(name: str) -> PEConfig:
     except KeyError:
         raise ConfigError(
             f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class PETextConfig:
+    """Text tower hyper-parameters, named as in the official PE code."""
+
+    context_length: int
+    width: int
+    heads: int
+    layers: int
+    output_dim: int
+    mlp_ratio: float = 4.0
+    vocab_size: int = 49408
+
+    def __post_init__(self) -> None:
+        sizes = ("context_length", "width", "heads", "layers", "output_dim", "vocab_size")
+        bad = [f"{n}={getattr(self, n)!r}" for n in sizes
+               if not isinstance(getattr(self, n), int) or getattr(self, n) <= 0]
+        if bad:
+            raise ConfigError(f"text config sizes must be positive integers: {', '.join(bad)}")
+        if self.width % self.heads:
+            raise ConfigError(f"width {self.width} is not divisible by heads {self.heads}")
+        if int(self.width * self.mlp_ratio) <= 0:
+            raise ConfigError(f"mlp_ratio {self.mlp_ratio} gives an empty MLP")
+
+    def as_kwargs(self) -> dict:
+        """The constructor arguments of the official (and reference) `TextTransformer`."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def custom_text_config(**overrides) -> PETextConfig:
+    """A small text config for tests: 2 layers, width 32, 8 positions, a 64-id vocabulary."""
+    small = dict(context_length=8, width=32, heads=2, layers=2, output_dim=16, vocab_size=64)
+    small.update(overrides)
+    return PETextConfig(**small)
+
+
+_TEXT_S = PETextConfig(context_length=32, width=512, heads=8, layers=12, output_dim=512)
+_TEXT_L = PETextConfig(context_length=32, width=1024, heads=16, layers=24, output_dim=1024)
+
+PE_TEXT_CONFIG: dict[str, PETextConfig] = {
+    "PE-Core-G14-448": PETextConfig(
+        context_length=72, width=1280, heads=20, layers=24, output_dim=1280
+    ),
+    "PE-Core-L14-336": _TEXT_L,
+    "PE-Core-B16-224": _TEXT_L,
+    "PE-Core-S16-384": _TEXT_S,
+    "PE-Core-T16-384": _TEXT_S,
+}
+
+
+def text_config(name: str) -> PETextConfig:
+    """The official text config of model `name`; Lang, Spatial and unknown names are errors."""
+    get_config(name)  # an unknown name lists the valid ones
+    try:
+        return PE_TEXT_CONFIG[name]
+    except KeyError:
+        raise ConfigError(
+            f"{name} has no text tower; only PE-Core models do: {', '.join(PE_TEXT_CONFIG)}"
         ) from None

@@ -43,3 +43,7 @@ class ArtifactError(UserError):
 
 class CacheError(UserError):
     """A compile-cache location that cannot be written."""
+
+
+class TokenizerError(UserError):
+    """The text tokenizer's BPE vocabulary is missing, unreadable or not the CLIP one."""

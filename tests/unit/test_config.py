@@ -6,10 +6,13 @@ import pytest
 
 from pe_port.config import (
     MODEL_NAMES,
+    PE_TEXT_CONFIG,
     PE_VISION_CONFIG,
     ConfigError,
     custom_config,
+    custom_text_config,
     get_config,
+    text_config,
 )
 
 # name: (image, patch, width, layers, heads, mlp width, output dim, LayerScale, cls, pool, ln_post)
@@ -73,3 +76,53 @@ def test_impossible_configs_are_refused(fields, message):
 def test_configs_are_immutable_so_the_table_cannot_drift():
     with pytest.raises(AttributeError):
         PE_VISION_CONFIG["PE-Core-T16-384"].width = 1  # type: ignore[misc]
+
+
+# The official `PE_TEXT_CONFIG`: (context, width, heads, layers, output dim); mlp ratio 4 and
+# 49408 ids for all.
+OFFICIAL_TEXT = {
+    "PE-Core-G14-448": (72, 1280, 20, 24, 1280),
+    "PE-Core-L14-336": (32, 1024, 16, 24, 1024),
+    "PE-Core-B16-224": (32, 1024, 16, 24, 1024),
+    "PE-Core-S16-384": (32, 512, 8, 12, 512),
+    "PE-Core-T16-384": (32, 512, 8, 12, 512),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_TEXT))
+def test_text_config_equals_official_values(name):
+    cfg = text_config(name)
+    assert (cfg.context_length, cfg.width, cfg.heads, cfg.layers, cfg.output_dim) == \
+        OFFICIAL_TEXT[name]
+    assert (cfg.mlp_ratio, cfg.vocab_size) == (4.0, 49408)
+    # The text embedding meets the image embedding: the same output dim as the vision tower.
+    assert cfg.output_dim == get_config(name).output_dim
+
+
+def test_only_the_core_models_have_a_text_config():
+    assert set(PE_TEXT_CONFIG) == set(OFFICIAL_TEXT)
+
+
+@pytest.mark.parametrize("name", ["PE-Spatial-B16-512", "PE-Lang-L14-448-Tiling"])
+def test_text_config_of_a_vision_only_model_names_it(name):
+    with pytest.raises(ConfigError, match=f"{name} has no text tower; only PE-Core models"):
+        text_config(name)
+
+
+def test_text_config_of_an_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown model.*PE-Core-T16-384"):
+        text_config("PE-Core-X99")
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(width=30, heads=4), "not divisible by heads"),
+        (dict(context_length=0), "context_length=0"),
+        (dict(vocab_size=2.5), "vocab_size=2.5"),
+        (dict(mlp_ratio=0.01), "empty MLP"),
+    ],
+)
+def test_impossible_text_configs_are_refused(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        custom_text_config(**fields)
