@@ -6,12 +6,16 @@
 #include <tvm/ffi/extra/json.h>
 #include <tvm/ffi/string.h>
 #include <elf.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <set>
 
 namespace pe {
 namespace {
@@ -115,6 +119,7 @@ ModelConfig ReadConfig(const Fields& f, const json::Object& c) {
 // levels deep (the largest official model's parameter table is under 100 KB).
 constexpr size_t kMaxMetadataBytes = 4 << 20;
 constexpr int kMaxMetadataDepth = 16;
+constexpr int kMaxImageSide = 4096;
 
 // The deepest nesting of arrays and objects in `text`, brackets inside strings not counted.
 int JsonDepth(const std::vector<uint8_t>& text) {
@@ -144,6 +149,54 @@ void CheckMetadataShape(const std::string& path, const std::vector<uint8_t>& byt
   if (JsonDepth(bytes) > kMaxMetadataDepth) {
     Fail("artifact metadata ", path, " nests deeper than ", kMaxMetadataDepth,
          " levels (pe-port writes 4): not an export of pe-port");
+  }
+}
+
+uint32_t Crc32(const uint8_t* data, uint64_t size) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (uint64_t done = 0; done < size;) {
+    const uInt chunk = static_cast<uInt>(std::min<uint64_t>(size - done, 1u << 30));
+    crc = crc32(crc, data + done, chunk);
+    done += chunk;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+// metadata.json's last key is `"metadata_crc32": N`, N the CRC-32 of every byte before the key
+// (pe_port/artifact.py, seal_metadata). Checked on the raw bytes, so any edit of the metadata
+// (a hand-changed mean, a reshaped parameter table) is refused before its values are trusted.
+void CheckMetadataChecksum(const std::string& path, const std::vector<uint8_t>& bytes) {
+  static const std::string kKey = "\"metadata_crc32\"";
+  const std::string text(bytes.begin(), bytes.end());
+  const size_t key = text.rfind(kKey);
+  if (key == std::string::npos) {
+    Fail("artifact metadata ", path, " has no checksum (metadata_crc32); re-export it with "
+         "`pe-port export`");
+  }
+  // After the key only `: N }` and white space may follow: nothing there escapes the checksum.
+  size_t i = key + kKey.size();
+  auto skip_space = [&] {
+    while (i < text.size() && std::isspace(static_cast<uint8_t>(text[i]))) ++i;
+  };
+  skip_space();
+  bool ok = i < text.size() && text[i++] == ':';
+  skip_space();
+  uint64_t recorded = 0;
+  const size_t digits = i;
+  while (ok && i < text.size() && std::isdigit(static_cast<uint8_t>(text[i])) && i - digits < 10) {
+    recorded = recorded * 10 + static_cast<uint64_t>(text[i++] - '0');
+  }
+  ok = ok && i > digits && recorded <= 0xffffffffULL;
+  skip_space();
+  ok = ok && i < text.size() && text[i++] == '}';
+  skip_space();
+  if (!ok || i != text.size()) {
+    Fail("artifact metadata ", path, " does not end with its checksum (metadata_crc32 must be "
+         "the last key); it was edited or is not an export of pe-port");
+  }
+  if (Crc32(bytes.data(), key) != recorded) {
+    Fail("artifact metadata ", path, " is corrupt or was edited: its CRC-32 does not match "
+         "metadata_crc32 (re-export it with `pe-port export`)");
   }
 }
 
@@ -178,7 +231,11 @@ Artifact LoadArtifact(const std::string& dir) {
   a.weights_path = dir + "/weights.bin";
   a.metadata_path = dir + "/metadata.json";
   for (const std::string& file : {a.metadata_path, a.library_path, a.weights_path}) {
-    if (!IsRegularFile(file)) Fail("artifact ", dir, " is incomplete: ", file, " is missing");
+    if (IsRegularFile(file)) continue;
+    if (access(file.c_str(), F_OK) != 0 && errno == ENOENT) {
+      Fail("artifact ", dir, " is incomplete: ", file, " is missing");
+    }
+    RequireRegularFile(file, "artifact file");  // unreadable (another user's), or not a file
   }
   std::vector<uint8_t> bytes = ReadFile(a.metadata_path, "artifact metadata");
   CheckMetadataShape(a.metadata_path, bytes);
@@ -201,6 +258,7 @@ Artifact LoadArtifact(const std::string& dir) {
     Fail("artifact ", dir, " has format version ", version, "; this pe_infer reads version ",
          kFormatVersion, " (export it again with the matching pe-port, or rebuild pe_infer)");
   }
+  CheckMetadataChecksum(a.metadata_path, bytes);
 
   a.model = f.Str(f.Get(meta, "model", ""), "model");
   const ModelConfig* official = FindOfficialModel(a.model);
@@ -258,14 +316,20 @@ Artifact LoadArtifact(const std::string& dir) {
   if (a.image_size <= 0 || a.image_size % a.config.patch_size) {
     f.Bad("preprocess.image_size", "is not a positive multiple of the patch size");
   }
+  // pe-port writes the model's own size (448 at most); a huge one would only allocate.
+  if (a.image_size > kMaxImageSide) {
+    f.Bad("preprocess.image_size", "is over " + std::to_string(kMaxImageSide));
+  }
 
   // The parameter table: back to back in weights.bin, each as large as its shape says.
   uint64_t expected_offset = 0;
+  std::set<std::string> names;
   for (const Any& item : f.Array(f.Get(meta, "params", ""), "params")) {
     json::Object entry = f.Object(item, "params[]");
     ParamEntry p;
     p.name = f.Str(f.Get(entry, "name", "params[]"), "params[].name");
     const std::string where = "params[" + p.name + "]";
+    if (!names.insert(p.name).second) f.Bad(where, "appears twice");
     uint64_t count = 1;
     for (const Any& dim : f.Array(f.Get(entry, "shape", where), where + ".shape")) {
       int64_t d = f.Int(dim, where + ".shape");
@@ -296,7 +360,6 @@ Artifact LoadArtifact(const std::string& dir) {
     f.Bad("weights_nbytes", "is not the sum of the parameters' sizes");
   }
   for (const char* key : {"weights_crc32", "library_crc32"}) {
-    if (!f.Has(meta, key)) continue;
     int64_t crc = f.Int(f.Get(meta, key, ""), key);
     if (crc < 0 || crc > 0xffffffffLL) f.Bad(key, "is not a CRC-32");
     (key[0] == 'w' ? a.weights_crc32 : a.library_crc32) = static_cast<uint32_t>(crc);
@@ -304,25 +367,14 @@ Artifact LoadArtifact(const std::string& dir) {
   return a;
 }
 
-namespace {
-uint32_t Crc32(const uint8_t* data, uint64_t size) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  for (uint64_t done = 0; done < size;) {
-    const uInt chunk = static_cast<uInt>(std::min<uint64_t>(size - done, 1u << 30));
-    crc = crc32(crc, data + done, chunk);
-    done += chunk;
-  }
-  return static_cast<uint32_t>(crc);
-}
-}  // namespace
-
 void VerifyLibrary(const Artifact& artifact) {
   const std::string& path = artifact.library_path;
   MappedFile library(path, "artifact library");
-  if (artifact.library_crc32 && Crc32(library.data(), library.size()) != *artifact.library_crc32) {
+  if (Crc32(library.data(), library.size()) != artifact.library_crc32) {
     Fail("artifact library ", path, " is corrupt: its CRC-32 does not match the metadata");
   }
-  // Without a recorded CRC, at least make sure the file holds every segment it declares.
+  // Also a whole library of this machine's kind: the metadata may have been sealed again over
+  // another file, and loading a truncated or foreign ELF can crash the process.
   const uint8_t* data = library.data();
   const size_t size = library.size();
   Elf64_Ehdr header;
@@ -364,8 +416,7 @@ void VerifyWeights(const Artifact& artifact, const MappedFile& weights) {
          " bytes; the metadata lists ", artifact.weights_nbytes,
          " (truncated or from another export)");
   }
-  if (!artifact.weights_crc32) return;
-  if (Crc32(weights.data(), weights.size()) != *artifact.weights_crc32) {
+  if (Crc32(weights.data(), weights.size()) != artifact.weights_crc32) {
     Fail("artifact weights ", artifact.weights_path,
          " are corrupt: their CRC-32 does not match the metadata");
   }

@@ -13,7 +13,9 @@
 namespace pe {
 
 // The metadata layout this program reads (pe_port.api.EXPORT_FORMAT_VERSION).
-constexpr int64_t kFormatVersion = 2;  // 2: one weight transform per function
+// 2: one weight transform per function; 3: metadata.json ends with its own CRC-32, and the three
+// checksums are required.
+constexpr int64_t kFormatVersion = 3;
 
 struct ParamEntry {
   std::string name;
@@ -37,23 +39,24 @@ struct Artifact {
   float std[3] = {1, 1, 1};
   std::vector<ParamEntry> params;
   uint64_t weights_nbytes = 0;
-  std::optional<uint32_t> weights_crc32;
-  std::optional<uint32_t> library_crc32;
+  uint32_t weights_crc32 = 0;
+  uint32_t library_crc32 = 0;
 
   bool HasFunction(const std::string& name) const;
   std::string FunctionList() const;  // "forward, forward_features"
 };
 
 // Reads and checks metadata.json and that the library and weights files exist. Any problem
-// (missing file, bad JSON, other format version, unknown model, config not the model's,
-// inconsistent parameter table) is a UserError that says what is wrong.
+// (missing file, bad JSON, other format version, a checksum that does not match the bytes,
+// unknown model, config not the model's, inconsistent parameter table) is a UserError that
+// says what is wrong.
 Artifact LoadArtifact(const std::string& dir);
 
-// Checks the weights file against the metadata: its size, then its CRC-32 when recorded.
+// Checks the weights file against the metadata: its size, then its CRC-32.
 void VerifyWeights(const Artifact& artifact, const MappedFile& weights);
 
 // Checks model.so before it is loaded (loading a damaged library can crash the process): its
-// CRC-32 when recorded, and that it is a whole ELF shared library of this machine's kind.
+// CRC-32, and that it is a whole ELF shared library of this machine's kind.
 void VerifyLibrary(const Artifact& artifact);
 
 }  // namespace pe

@@ -26,6 +26,13 @@ struct PngSource {
   size_t offset;
 };
 
+std::string TooManyPixels(double width, double height) {
+  char text[160];
+  std::snprintf(text, sizeof text, "it is %.0fx%.0f pixels, more than the %llu pe_infer reads",
+                width, height, static_cast<unsigned long long>(kMaxImagePixels));
+  return text;
+}
+
 struct PngErrors {
   char message[256] = "";
 };
@@ -64,6 +71,13 @@ Image DecodePng(const std::vector<uint8_t>& bytes, const std::string& path) {
   }
   png_set_read_fn(png, &source, PngRead);
   png_read_info(png, info);
+  const double declared_w = png_get_image_width(png, info);
+  const double declared_h = png_get_image_height(png, info);
+  if (declared_w * declared_h > static_cast<double>(kMaxImagePixels)) {
+    std::snprintf(errors.message, sizeof errors.message, "%s", TooManyPixels(
+        declared_w, declared_h).c_str());
+    png_longjmp(png, 1);  // frees what the decoder holds, then fails with the message
+  }
   const int color_type = png_get_color_type(png, info);
   const int bit_depth = png_get_bit_depth(png, info);
   // The channels of the Pillow mode this file opens as (before any conversion).
@@ -176,6 +190,12 @@ Image DecodeJpeg(const std::vector<uint8_t>& bytes, const std::string& path) {
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
   jpeg_read_header(&cinfo, TRUE);
+  if (static_cast<double>(cinfo.image_width) * cinfo.image_height >
+      static_cast<double>(kMaxImagePixels)) {
+    std::snprintf(errors.message, sizeof errors.message, "%s",
+                  TooManyPixels(cinfo.image_width, cinfo.image_height).c_str());
+    longjmp(errors.jump, 1);
+  }
   // Pillow's modes: greyscale files open as "L", YCbCr and RGB ones as "RGB".
   if (cinfo.jpeg_color_space == JCS_GRAYSCALE) {
     cinfo.out_color_space = JCS_GRAYSCALE;
@@ -469,17 +489,14 @@ Image Crop(const Image& image, int left, int top, int width, int height) {
 
 Image ResizeForModel(const Image& image, int size, bool center_crop) {
   if (!center_crop) return ResizeLikePillow(image, size, size);
-  // Shorter side to `size`, the longer one scaled and truncated (Python's int()).
-  int new_w, new_h;
-  if (image.width <= image.height) {
-    new_w = size;
-    new_h = static_cast<int>(static_cast<double>(static_cast<int64_t>(size) * image.height) /
-                             image.width);
-  } else {
-    new_w = static_cast<int>(static_cast<double>(static_cast<int64_t>(size) * image.width) /
-                             image.height);
-    new_h = size;
-  }
+  // Shorter side to `size`, the longer one scaled and truncated (Python's int()); bounded like
+  // a decoded image before it is made (or cast to int).
+  const double longer = std::trunc(static_cast<double>(size) *
+                                   std::max(image.width, image.height) /
+                                   std::min(image.width, image.height));
+  CheckPixelCount(size, longer, "resized for the centre crop");
+  const int new_w = image.width <= image.height ? size : static_cast<int>(longer);
+  const int new_h = image.width <= image.height ? static_cast<int>(longer) : size;
   Image resized = ResizeLikePillow(image, new_w, new_h);
   // torchvision's CenterCrop: round((new - size) / 2), halves to even as Python's round().
   const int left = static_cast<int>(std::nearbyint((new_w - size) / 2.0));
@@ -500,6 +517,12 @@ void ToTensor(const Image& image, const float mean[3], const float std[3], float
   }
 }
 
+void CheckPixelCount(double width, double height, const std::string& what) {
+  if (width * height > static_cast<double>(kMaxImagePixels)) {
+    Fail("image ", what, ": ", TooManyPixels(width, height));
+  }
+}
+
 Image DecodeImageBytes(const std::vector<uint8_t>& bytes, const std::string& path) {
   static const uint8_t kPng[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
   Image image;
@@ -516,7 +539,7 @@ Image DecodeImageBytes(const std::vector<uint8_t>& bytes, const std::string& pat
 }
 
 Image DecodeImage(const std::string& path) {
-  if (!IsRegularFile(path)) Fail("input ", path, " does not exist");
+  RequireRegularFile(path, "input");
   return DecodeImageBytes(ReadFile(path, "image"), path);
 }
 

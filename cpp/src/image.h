@@ -25,8 +25,17 @@ struct Image {
   std::vector<uint16_t> grey16;
 };
 
+// The largest image (width x height) read, checked from the file's header before decoding (a
+// few hundred bytes can declare gigapixels) and for the resize before a centre crop (a 1 x 20000
+// strip would become 384 x 7.7 million): pe_port.preprocess.MAX_IMAGE_PIXELS, the same number.
+constexpr uint64_t kMaxImagePixels = 100000000;
+
+// A UserError "image WHAT is WxH pixels, more than ..." past kMaxImagePixels.
+void CheckPixelCount(double width, double height, const std::string& what);
+
 // Decodes a PNG or JPEG file (recognised by its signature, not its name). An unreadable,
-// truncated or corrupt file, or another format, is a UserError naming the file.
+// truncated or corrupt file, another format, or one over kMaxImagePixels is a UserError naming
+// the file.
 Image DecodeImage(const std::string& path);
 Image DecodeImageBytes(const std::vector<uint8_t>& bytes, const std::string& path);
 

@@ -240,6 +240,14 @@ int Run(const Options& o) {
   }
   say(Cat(function, " on ", ShapeString(pixels.shape), ": ", timing));
 
+  // NaN weights (an artifact sealed over them) or an overflow in half precision: said, not
+  // written as if it were an embedding.
+  for (float v : result.data) {
+    if (!std::isfinite(v)) {
+      Fail("the model produced NaN or Inf for this input (", artifact.dtype,
+           "); nothing written to ", o.output);
+    }
+  }
   WriteFileAtomically(o.output, EncodeNpyFloat32(result.shape, result.data.data()));
   say(Cat("wrote ", o.output, " ", ShapeString(result.shape)));
   return 0;

@@ -188,7 +188,7 @@ NpyHeader ParseNpyHeader(const std::vector<uint8_t>& bytes, const std::string& p
 }
 
 FloatArray ReadNpyFloat32(const std::string& path) {
-  if (!IsRegularFile(path)) Fail("input ", path, " does not exist");
+  RequireRegularFile(path, "input");
   std::vector<uint8_t> bytes = ReadFile(path, "input");
   NpyHeader header = ParseNpyHeader(bytes, path);
   if (header.descr != "<f4") {

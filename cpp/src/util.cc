@@ -40,6 +40,15 @@ bool IsRegularFile(const std::string& path) {
   return stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
 }
 
+void RequireRegularFile(const std::string& path, const std::string& what) {
+  struct stat info;
+  if (stat(path.c_str(), &info) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) Fail(what, " ", path, " does not exist");
+    Fail("cannot open ", what, " ", path, ": ", std::strerror(errno));
+  }
+  if (!S_ISREG(info.st_mode)) Fail(what, " ", path, " is not a regular file");
+}
+
 std::string ParentDirectory(const std::string& path) {
   size_t slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
@@ -97,7 +106,11 @@ void CheckOutputPath(const std::string& path, const std::string& suffix) {
   }
   if (IsDirectory(path)) Fail("output ", path, " is a folder");
   std::string folder = ParentDirectory(path);
-  if (!IsDirectory(folder)) Fail("output folder ", folder, " does not exist");
+  if (!IsDirectory(folder)) {
+    struct stat parent;
+    Fail("output folder ", folder,
+         stat(folder.c_str(), &parent) == 0 ? " is not a folder" : " does not exist");
+  }
   if (access(folder.c_str(), W_OK) != 0) Fail("output folder ", folder, " is not writable");
   struct stat info;
   if (stat(path.c_str(), &info) == 0 && access(path.c_str(), W_OK) != 0) {

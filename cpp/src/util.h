@@ -36,6 +36,10 @@ std::string ShapeString(const std::vector<int64_t>& shape);
 bool EndsWith(const std::string& text, const std::string& suffix);
 bool IsDirectory(const std::string& path);
 bool IsRegularFile(const std::string& path);
+// A UserError unless `path` is a regular file, saying which it is: "WHAT PATH does not exist",
+// "cannot open WHAT PATH: Permission denied", or "... is not a regular file" (a FIFO would
+// block the reader, a folder cannot be read).
+void RequireRegularFile(const std::string& path, const std::string& what);
 std::string ParentDirectory(const std::string& path);  // "." for a bare file name
 std::string BaseName(const std::string& path);
 

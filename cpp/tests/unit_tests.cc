@@ -206,10 +206,29 @@ void TestResize() {
   CHECK(pe::ResizeLikePillow(row, 4, 1).pixels == row.pixels);
   row.nearest = true;
   CHECK((pe::ResizeLikePillow(row, 2, 1).pixels == std::vector<uint8_t>{70, 210}));
-  // Centre crop: 30x20 -> shorter side 10 -> 15x10 -> columns 2 or 3 onward (round half even).
-  pe::Image wide = Grey(30, 20, std::vector<uint8_t>(600, 9));
-  pe::Image cropped = pe::ResizeForModel(wide, 10, true);
-  CHECK(cropped.width == 10 && cropped.height == 10);
+  // Centre crop: 30x20 -> shorter side 10 -> 15x10 -> columns 2..11 (round(2.5) = 2: half to
+  // even, as Python's round; half up would start at 3). A ramp makes every offset visible.
+  for (bool tall : {false, true}) {
+    const int w = tall ? 20 : 30, h = tall ? 30 : 20;
+    std::vector<uint8_t> ramp(static_cast<size_t>(w) * h);
+    for (int y = 0; y < h; ++y) {
+      for (int x = 0; x < w; ++x) {
+        ramp[y * w + x] = static_cast<uint8_t>(tall ? 8 * y + x : 8 * x + y);
+      }
+    }
+    pe::Image image = Grey(w, h, ramp);
+    pe::Image resized = pe::ResizeLikePillow(image, tall ? 10 : 15, tall ? 15 : 10);
+    pe::Image cropped = pe::ResizeForModel(image, 10, true);
+    CHECK(cropped.width == 10 && cropped.height == 10);
+    bool same = cropped.pixels.size() == 100;
+    for (int y = 0; same && y < 10; ++y) {
+      for (int x = 0; x < 10; ++x) {
+        const int source = tall ? (y + 2) * 10 + x : y * 15 + x + 2;
+        same = same && cropped.pixels[y * 10 + x] == resized.pixels[source];
+      }
+    }
+    CHECK(same);
+  }
   // Normalisation: 0 -> -1, 255 -> 1.
   float tensor[3 * 2];
   const float mean[3] = {0.5f, 0.5f, 0.5f}, std[3] = {0.5f, 0.5f, 0.5f};

@@ -8,8 +8,8 @@ An artifact is a folder of three files:
 - `weights.bin`: the parameters in the artifact's dtype, concatenated in the order the
   functions take them;
 - `metadata.json`: format version, model name and config, dtype, target, versions, the
-  exported functions, pre-processing, the parameter table (name, shape, offset, nbytes), and
-  CRC-32s of the two other files.
+  exported functions, pre-processing, the parameter table (name, shape, offset, nbytes),
+  CRC-32s of the two other files, and last its own CRC-32 (`seal_metadata`).
 
 The C++ runner (`cpp/src/artifact.cc`) reads the same format and checks `FORMAT_VERSION`.
 """
@@ -33,7 +33,8 @@ from pe_port.errors import ArtifactError, UserError
 
 # Bumped whenever the layout changes; the C++ runner refuses other versions.
 # 2: one weight transform per function (`<name>_transform_params`).
-FORMAT_VERSION = 2
+# 3: metadata.json ends with its own CRC-32; the three checksums are required.
+FORMAT_VERSION = 3
 ARTIFACT_FILES = frozenset({"model.so", "weights.bin", "metadata.json"})
 
 
@@ -137,12 +138,30 @@ def write_artifact(
             "library_crc32": zlib.crc32((staging / "model.so").read_bytes()),
             "params": entries,
         }
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))
+        (staging / "metadata.json").write_text(seal_metadata(metadata), encoding="ascii")
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+# The last key of metadata.json: the CRC-32 of every byte of the file before that key. A reader
+# checks it on the raw bytes, without writing the JSON again the way Python does (C++ cannot).
+METADATA_CHECKSUM_KEY = "metadata_crc32"
+
+
+def seal_metadata(metadata: dict) -> str:
+    """The text of metadata.json: `metadata` as indented JSON, then its checksum as last key."""
+    body = json.dumps(metadata, indent=2)  # ASCII only: non-ASCII is escaped
+    return seal_text(body.removesuffix("\n}") + ",\n  ")
+
+
+def seal_text(prefix: str) -> str:
+    """`prefix` (an unclosed JSON object ending where a key may follow) closed with the
+    checksum of its bytes; tests also seal hostile prefixes to reach the checks behind it."""
+    crc = zlib.crc32(prefix.encode("latin-1"))
+    return f'{prefix}"{METADATA_CHECKSUM_KEY}": {crc}\n}}\n'
 
 
 def _write_weights(path: Path, params: Sequence[tuple[str, np.ndarray]]):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pe_port.artifact import METADATA_CHECKSUM_KEY, seal_metadata, seal_text
 from tests.unit.test_fuzz_inputs import CASES_PER_FORMAT as CASES
 from tests.unit.test_fuzz_inputs import mutate, valid_image, valid_npy
 
@@ -86,14 +87,20 @@ def _replace(value, path, new):
 
 
 def tampered_metadata(text: str, rng: np.random.Generator) -> str:
-    """Half byte mutations (mostly broken JSON), half valid JSON with one value replaced."""
-    if rng.integers(0, 2) == 0:
-        return mutate(text.encode(), rng).decode("latin-1")
+    """A third byte mutations (mostly broken JSON, or refused by the checksum), a third the same
+    sealed again with a matching checksum, a third valid JSON with one value replaced, sealed:
+    the checks behind the checksum see hostile values too."""
+    kind = int(rng.integers(0, 3))
+    if kind < 2:
+        prefix = text[:text.rindex(f'"{METADATA_CHECKSUM_KEY}"')]
+        mutated = mutate(prefix.encode(), rng).decode("latin-1")
+        return seal_text(mutated) if kind else mutated + text[len(prefix):]
     meta = json.loads(text)
+    meta.pop(METADATA_CHECKSUM_KEY)
     paths = list(_leaves(meta))
     path = paths[int(rng.integers(0, len(paths)))]
     value = HOSTILE_VALUES[int(rng.integers(0, len(HOSTILE_VALUES)))]
-    return json.dumps(_replace(meta, path, value))
+    return seal_metadata(_replace(meta, path, value))
 
 
 def test_tampered_artifacts_are_read_or_refused(cpp_build, t16_artifact, tmp_path):

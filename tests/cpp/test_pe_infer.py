@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import zlib
 from dataclasses import asdict
@@ -19,9 +20,11 @@ from PIL import Image
 
 import pe_port
 from pe_port.artifact import FORMAT_VERSION as EXPORT_FORMAT_VERSION
-from pe_port.artifact import FeatureVariant
+from pe_port.artifact import METADATA_CHECKSUM_KEY, FeatureVariant, seal_metadata
+from pe_port.preprocess import MAX_IMAGE_PIXELS
 from tests.cpp.conftest import SMALL_MODEL, VARIANT, run_pe_infer
 from tests.helpers import random_images, rel_error
+from tests.unit.test_fuzz_inputs import png_declaring, valid_image
 
 # The .npy path runs the same library on the same bits as the Python API: the issue's bound.
 NPY_TOLERANCE = 1e-6
@@ -117,6 +120,8 @@ def test_metadata_records_what_pe_infer_checks(t16_artifact):
     blob = (t16_artifact / "weights.bin").read_bytes()
     assert len(blob) == meta["weights_nbytes"]
     assert zlib.crc32(blob) == meta["weights_crc32"]
+    raw = (t16_artifact / "metadata.json").read_bytes()
+    assert zlib.crc32(raw[:raw.rindex(b'"metadata_crc32"')]) == meta[METADATA_CHECKSUM_KEY]
 
 
 def test_the_model_table_is_pythons(pe_infer):
@@ -138,10 +143,13 @@ def copy_artifact(artifact, tmp_path):
     return shutil.copytree(artifact, tmp_path / "artifact")
 
 
-def edit_metadata(folder, change):
+def edit_metadata(folder, change, seal=True):
+    """Change the metadata as a tamperer would; sealed again (a new checksum) unless `seal` is
+    False, so that the checks behind the checksum are reached."""
     meta = json.loads((folder / "metadata.json").read_text())
     change(meta)
-    (folder / "metadata.json").write_text(json.dumps(meta))
+    meta.pop(METADATA_CHECKSUM_KEY, None)
+    (folder / "metadata.json").write_text(seal_metadata(meta) if seal else json.dumps(meta))
 
 
 def expect_error(pe_infer, args, message, out):
@@ -164,8 +172,12 @@ def test_missing_or_incomplete_artifact(pe_infer, t16_artifact, pixels, tmp_path
     ("truncate_weights", "truncated or from another export"),
     ("flip_weight_byte", "are corrupt: their CRC-32"),
     ("truncate_library", "model.so is corrupt: its CRC-32"),
-    ("truncate_library_no_crc", "model.so is truncated or corrupt"),
-    ("text_library_no_crc", "model.so is not a shared library"),
+    ("truncate_library_resealed", "model.so is truncated or corrupt"),
+    ("text_library_resealed", "model.so is not a shared library"),
+    ("no_library_crc", "library_crc32 is missing"),
+    ("edited_mean", "is corrupt or was edited: its CRC-32 does not match"),
+    ("no_checksum", "has no checksum (metadata_crc32)"),
+    ("key_after_checksum", "does not end with its checksum"),
     ("bad_json", "is not valid JSON"),
     ("format_version", f"has format version {EXPORT_FORMAT_VERSION + 1}; this pe_infer reads "
                        f"version {EXPORT_FORMAT_VERSION}"),
@@ -175,6 +187,8 @@ def test_missing_or_incomplete_artifact(pe_infer, t16_artifact, pixels, tmp_path
     ("deep_json", "nests deeper than 16 levels"),
     ("huge_json", "bytes; pe-port writes under"),
     ("infinite_std", "mean and std must be finite numbers"),
+    ("huge_image_size", "preprocess.image_size is over 4096"),
+    ("repeated_param", "appears twice"),
 ])
 def test_corrupt_artifact(pe_infer, t16_artifact, pixels, tmp_path, damage, message):
     art = copy_artifact(t16_artifact, tmp_path)
@@ -187,8 +201,18 @@ def test_corrupt_artifact(pe_infer, t16_artifact, pixels, tmp_path, damage, mess
         weights.write_bytes(bytes(blob))
     elif damage.startswith("truncate_library"):
         library.write_bytes(library.read_bytes()[:5000])
-    elif damage == "text_library_no_crc":
+    elif damage == "text_library_resealed":
         library.write_text("not a library")
+    elif damage == "no_library_crc":
+        edit_metadata(art, lambda m: m.pop("library_crc32"))
+    elif damage == "edited_mean":  # a hand edit that keeps the old checksum
+        text = (art / "metadata.json").read_text()
+        (art / "metadata.json").write_text(text.replace('"mean": [', '"mean": [9, ', 1))
+    elif damage == "no_checksum":
+        edit_metadata(art, lambda m: None, seal=False)
+    elif damage == "key_after_checksum":  # a key the checksum would not cover
+        text = (art / "metadata.json").read_text().rstrip().removesuffix("}")
+        (art / "metadata.json").write_text(text + ', "dtype": "float16"}')
     elif damage == "bad_json":
         (art / "metadata.json").write_text('{"format_version": 1, "model": ')
     elif damage == "format_version":
@@ -205,8 +229,13 @@ def test_corrupt_artifact(pe_infer, t16_artifact, pixels, tmp_path, damage, mess
         (art / "metadata.json").write_text('{"pad": "' + "x" * (5 << 20) + '"}')
     elif damage == "infinite_std":  # written as `Infinity`, which TVM's JSON parser accepts
         edit_metadata(art, lambda m: m["preprocess"].update(std=[0.5, float("inf"), 0.5]))
-    if damage.endswith("_no_crc"):  # as an artifact without the checksum would be
-        edit_metadata(art, lambda m: m.pop("library_crc32"))
+    elif damage == "huge_image_size":  # pe_infer allocated for it: std::bad_alloc, exit 1
+        edit_metadata(art, lambda m: m["preprocess"].update(image_size=16 * 100_000))
+    elif damage == "repeated_param":
+        edit_metadata(art, lambda m: m["params"].insert(1, m["params"][0]))
+    if damage.endswith("_resealed"):  # a metadata sealed again over another library
+        crc = zlib.crc32(library.read_bytes())
+        edit_metadata(art, lambda m: m.update(library_crc32=crc))
     out = tmp_path / "o.npy"
     expect_error(pe_infer, [art, pixels, out], message, out)
 
@@ -232,6 +261,37 @@ def test_bad_inputs(pe_infer, t16_artifact, tmp_path):
     expect_error(pe_infer, [t16_artifact, tmp_path / "none.png", out], "does not exist", out)
 
 
+def test_images_past_the_pixel_limit_are_refused_before_decoding(pe_infer, t16_artifact,
+                                                                 tmp_path):
+    """A few hundred bytes declaring 4.3 gigapixels (issue 12: 12.6 GB for a 782-byte JPEG),
+    and a 1 x 20000 strip whose centre-crop resize would be 384 x 7.7 million (9 GB)."""
+    out = tmp_path / "o.npy"
+    limit = "more than the 100000000 pe_infer reads"
+    (tmp_path / "bomb.png").write_bytes(png_declaring(65_500, 65_500))
+    (tmp_path / "bomb.jpg").write_bytes(jpeg_declaring(65_500, 65_500))
+    for name in ("bomb.png", "bomb.jpg"):
+        expect_error(pe_infer, [t16_artifact, tmp_path / name, out], limit, out)
+    Image.new("RGB", (1, 20_000)).save(tmp_path / "strip.png")
+    expect_error(pe_infer, [t16_artifact, tmp_path / "strip.png", out, "--center-crop"],
+                 "resized for the centre crop", out)
+    assert MAX_IMAGE_PIXELS == 100_000_000  # the two front ends state the same limit
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A valid small JPEG whose frame header (SOF0) says `width x height`."""
+    data = bytearray(valid_image("JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_fifo_is_refused_not_waited_on(pe_infer, t16_artifact, tmp_path):
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    out = tmp_path / "o.npy"
+    expect_error(pe_infer, [t16_artifact, fifo, out], "is not a regular file", out)
+
+
 def test_truncated_image(pe_infer, t16_artifact, photo, tmp_path):
     out = tmp_path / "o.npy"
     for name in ("photo.png", "photo.jpg"):
@@ -246,15 +306,10 @@ def test_unwritable_output(pe_infer, t16_artifact, pixels, tmp_path):
                  tmp_path / "no" / "o.npy")
     expect_error(pe_infer, [t16_artifact, pixels, tmp_path / "o.txt"], "must be a file name "
                  "ending with .npy", tmp_path / "o.txt")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if not os.access(locked, os.W_OK):  # root writes anyway: nothing to test then
-            expect_error(pe_infer, [t16_artifact, pixels, locked / "o.npy"], "is not writable",
-                         locked / "o.npy")
-    finally:
-        locked.chmod(0o700)
+    # A folder that is a file: unwritable for root too (a read-only folder is not, for root).
+    (tmp_path / "file").write_text("not a folder")
+    expect_error(pe_infer, [t16_artifact, pixels, tmp_path / "file" / "o.npy"],
+                 "is not a folder", tmp_path / "file" / "o.npy")
 
 
 def test_usage_errors(pe_infer, t16_artifact, pixels, tmp_path):
