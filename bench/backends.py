@@ -22,8 +22,8 @@ class EmulatedGpuBackend(GpuBackend):
 class UnfusedAttentionGpuBackend(GpuBackend):
     name = "gpu_unfused"
 
-    def attention(self, q, k, v, scale):
-        return Backend.attention(self, q, k, v, scale)
+    def attention(self, q, k, v, scale, causal=False):
+        return Backend.attention(self, q, k, v, scale, causal)
 
 
 # By name, for parametrised tests and command-line flags.

@@ -48,7 +48,8 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
     The graph is built with the `backend` kernels (the hand-written CPU ones by default) and the
     weight packing lifted into `forward_transform_params`, exactly as
     `pe_port.build.export_tower` does. Returns `run(weights, *args)`: weights by the module's
-    own parameter names, tensors as numpy arrays and symbolic ints as Python ints.
+    own parameter names, tensors as numpy arrays (float ones as float32, integer ones as they
+    are) and symbolic ints as Python ints.
     """
     import tvm
     from tvm import relax
@@ -66,6 +67,8 @@ def compile_component(module, inputs: dict, backend: str = "cpu"):
     def to_tvm(value):
         if isinstance(value, int):
             return tvm.runtime.ShapeTuple([value])
+        if np.issubdtype(np.asarray(value).dtype, np.integer):  # token ids keep their type
+            return tvm.runtime.tensor(np.ascontiguousarray(value))
         return tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32))
 
     def run(weights: dict[str, np.ndarray], *args):

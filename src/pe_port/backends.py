@@ -23,6 +23,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 
 from pe_port.kernels.attention import cpu_attention, gpu_flash_attention
+from pe_port.kernels.common import NEG_LARGE
 from pe_port.kernels.dense import cpu_dense, gpu_dense
 from pe_port.kernels.layer_norm import cpu_layer_norm, cpu_layer_norm_fits
 from pe_port.kernels.patches import image_patches
@@ -70,12 +71,18 @@ class Backend:
         """`x @ proj` for an `[in, out]` matrix (the final projection, stored unlike Linear)."""
         return _as(op.matmul(x, proj, out_dtype="float32"), x.dtype)
 
-    def attention(self, q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
+    def attention(self, q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float,
+                  causal: bool = False) -> nn.Tensor:
         """softmax(q k^T * scale) v over `[b, s, heads, head_dim]`; `[b, s_q, heads * head_dim]`
-        out. Scores and softmax in float32, the weights back in q's dtype for `@ v`."""
+        out. Scores and softmax in float32, the weights back in q's dtype for `@ v`.
+        `causal`: PyTorch's additive mask above the diagonal, finite (`NEG_LARGE`: TVM 0.27
+        fails to legalize a `full` of -inf) but as final, `exp` of it is exactly 0."""
         batch, seq, heads, head_dim = q.shape
+        keys = k.shape[1]
         q, k, v = (op.permute_dims(t, [0, 2, 1, 3]) for t in (q, k, v))
         scores = op.matmul(q, op.permute_dims(k, [0, 1, 3, 2]), out_dtype="float32") * scale
+        if causal:
+            scores = scores + op.triu(op.full((seq, keys), NEG_LARGE, "float32"), 1)
         weights = _as(op.softmax(scores, axis=-1), v.dtype)
         out = _as(op.matmul(weights, v, out_dtype="float32"), v.dtype)
         return op.reshape(op.permute_dims(out, [0, 2, 1, 3]), (batch, seq, heads * head_dim))
@@ -155,10 +162,10 @@ class CpuBackend(Backend):
         # Transposed and packed once, at load: the transform depends on the weight alone.
         return cpu_dense(x, op.permute_dims(proj), bias=None)
 
-    def attention(self, q, k, v, scale):
+    def attention(self, q, k, v, scale, causal=False):
         if q.dtype != "float32":
-            return super().attention(q, k, v, scale)
-        return cpu_attention(q, k, v, scale)
+            return super().attention(q, k, v, scale, causal)
+        return cpu_attention(q, k, v, scale, causal)
 
     def patch_embed(self, x, weight, patch):
         if x.dtype != "float32":
@@ -199,8 +206,8 @@ class GpuBackend(Backend):
             return super().linear(x, weight, bias, activation, residual, gamma)
         return gpu_dense(x, weight, bias, activation, residual, gamma)
 
-    def attention(self, q, k, v, scale):
-        return gpu_flash_attention(q, k, v, scale, emulate=self.emulate)
+    def attention(self, q, k, v, scale, causal=False):
+        return gpu_flash_attention(q, k, v, scale, emulate=self.emulate, causal=causal)
 
     def patch_embed(self, x, weight, patch):
         return self._patch_embed_as_matmul(x, weight, patch)

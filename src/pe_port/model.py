@@ -1,12 +1,15 @@
-"""The PE vision tower as Relax `nn.Module`s, one per module of the original `pe.py`.
+"""The PE towers as Relax `nn.Module`s, one per module of the original `pe.py`.
 
 Parameter names equal the official state-dict keys (`transformer.resblocks.0.attn.in_proj_weight`,
-`attn_pool.probe`, ...), so loading a checkpoint is a lookup, not a rename table. The batch and
-the patch grid are symbolic: one compiled function serves every batch size and every image size
-that is a multiple of the patch.
+`attn_pool.probe`, `token_embedding.weight`, ...), so loading a checkpoint is a lookup, not a
+rename table. The batch, the patch grid and the text length are symbolic: one compiled function
+serves every batch size, every image size that is a multiple of the patch, and every text up to
+the context length. The text tower runs the vision tower's blocks with a causal mask.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from tvm import relax, tirx
 from tvm.relax.frontend import nn
@@ -15,6 +18,9 @@ from tvm.relax.frontend.nn import op
 from pe_port import ops
 from pe_port.config import PEConfig
 from pe_port.kernels import resize_posemb, rope_qkv
+
+if TYPE_CHECKING:
+    from pe_port.config import PETextConfig
 
 LN_EPS = 1e-5
 
@@ -101,14 +107,16 @@ class AttentionPooling(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a fused q|k|v projection and 2D RoPE on q and k."""
+    """Multi-head self-attention with a fused q|k|v projection and 2D RoPE on q and k;
+    `causal` (the text tower): token i attends to tokens 0..i only."""
 
-    def __init__(self, config: PEConfig, dtype: str) -> None:
+    def __init__(self, config: PEConfig, dtype: str, causal: bool = False) -> None:
         width = config.width
         self.num_heads = config.heads
         self.head_dim = config.head_dim
         self.use_rope2d = config.use_rope2d
         self.use_cls_token = config.use_cls_token
+        self.causal = causal
         self.in_proj_weight = nn.Parameter((3 * width, width), dtype)
         self.in_proj_bias = nn.Parameter((3 * width,), dtype)
         self.out_proj = nn.Linear(width, width, dtype=dtype)
@@ -127,7 +135,8 @@ class SelfAttention(nn.Module):
         """Attention over `x`; given `residual`, `residual + gamma * attn(x)` in the last matmul."""
         qkv = ops.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = self.split_heads(qkv, grid_w)
-        merged = ops.attention(q, k, v, scale=self.head_dim**-0.5)  # [batch, seq, width]
+        merged = ops.attention(q, k, v, scale=self.head_dim**-0.5,  # [batch, seq, width]
+                               causal=self.causal)
         return ops.linear(merged, self.out_proj.weight, self.out_proj.bias,
                           residual=residual, gamma=gamma)
 
@@ -135,9 +144,9 @@ class SelfAttention(nn.Module):
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm block: `x += ls_1(attn(ln_1(x)))`, then `x += ls_2(mlp(ln_2(x)))`."""
 
-    def __init__(self, config: PEConfig, dtype: str) -> None:
+    def __init__(self, config: PEConfig, dtype: str, causal: bool = False) -> None:
         width = config.width
-        self.attn = SelfAttention(config, dtype)
+        self.attn = SelfAttention(config, dtype, causal)
         self.ln_1 = LayerNorm(width, eps=LN_EPS, dtype=dtype)
         self.ln_2 = LayerNorm(width, eps=LN_EPS, dtype=dtype)
         self.mlp = Mlp(width, config.mlp_width, dtype)
@@ -158,10 +167,10 @@ def _gamma(layer_scale: LayerScale | None) -> nn.Tensor | None:
 class Transformer(nn.Module):
     """The stack of residual blocks; `layer_idx` picks the last block run (-1: all of them)."""
 
-    def __init__(self, config: PEConfig, dtype: str) -> None:
+    def __init__(self, config: PEConfig, dtype: str, causal: bool = False) -> None:
         self.layers = config.layers
         self.resblocks = nn.ModuleList(
-            [ResidualAttentionBlock(config, dtype) for _ in range(config.layers)]
+            [ResidualAttentionBlock(config, dtype, causal) for _ in range(config.layers)]
         )
 
     def forward(self, x: nn.Tensor, grid_w, layer_idx: int = -1) -> nn.Tensor:
@@ -258,3 +267,55 @@ class VisionTransformer(nn.Module):
             pooled = ops.project(pooled, self.proj)
         return pooled
 
+
+
+def text_blocks_config(config: PETextConfig) -> PEConfig:
+    """The text tower's blocks as the vision blocks read them: no RoPE, no cls token, no
+    LayerScale, the MLP `int(width * mlp_ratio)` wide (the image fields go unused)."""
+    return PEConfig(
+        patch_size=1, image_size=1, width=config.width, layers=config.layers,
+        heads=config.heads, mlp_ratio=config.mlp_ratio, output_dim=None, use_abs_posemb=False,
+        use_rope2d=False, pool_type="none", use_ln_pre=False, use_ln_post=False,
+    )
+
+
+class TextTransformer(nn.Module):
+    """The PE-Core text tower: embed the ids, run the causal blocks, `ln_final`, take the row
+    of the end-of-text token and project it."""
+
+    def __init__(self, config: PETextConfig, dtype: str = "float32") -> None:
+        width = config.width
+        self.config = config
+        self.dtype = dtype
+        self.token_embedding = nn.Embedding(config.vocab_size, width, dtype=dtype)
+        self.positional_embedding = nn.Parameter((config.context_length, width), dtype)
+        self.transformer = Transformer(text_blocks_config(config), dtype, causal=True)
+        self.ln_final = LayerNorm(width, eps=LN_EPS, dtype=dtype)
+        self.text_projection = nn.Parameter((width, config.output_dim), dtype)
+
+    def embed(self, text: nn.Tensor) -> nn.Tensor:
+        """Token ids `[b, seq]` to `[b, seq, width]`: token plus position embedding.
+
+        `seq` is symbolic and must not exceed `context_length` (the caller checks: the slice
+        below assumes it).
+        """
+        seq = text.shape[1]
+        tokens = op.take(self.token_embedding.weight, text, axis=0)
+        positions = op.wrap_nested(relax.op.strided_slice(
+            self.positional_embedding._expr, axes=[0], begin=[0], end=[seq],
+            assume_inbound=True), "positions")
+        return tokens + positions
+
+    def pool(self, x: nn.Tensor, text: nn.Tensor) -> nn.Tensor:
+        """The row of each sequence at its end-of-text token: the largest id, so `argmax`."""
+        batch, _, width = x.shape
+        eot = op.wrap_nested(relax.op.argmax(text._expr, axis=1, keepdims=True), "eot")
+        rows = op.broadcast_to(op.reshape(eot, (batch, 1, 1)), (batch, 1, width))
+        pooled = op.wrap_nested(relax.op.gather_elements(x._expr, rows._expr, axis=1), "pooled")
+        return op.reshape(pooled, (batch, width))
+
+    def forward(self, text: nn.Tensor) -> nn.Tensor:
+        """Ids `[b, seq]` (int32, zero-padded after the end-of-text id) to `[b, output_dim]`;
+        what the original's `encode_text` returns (not normalised)."""
+        x = self.transformer(self.embed(text), grid_w=None)
+        return ops.project(self.pool(self.ln_final(x), text), self.text_projection)

@@ -52,9 +52,11 @@ def project(x: nn.Tensor, proj: nn.Tensor) -> nn.Tensor:
     return _backend.get().project(x, proj)
 
 
-def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
-    """softmax(q k^T * scale) v over `[b, s, heads, head_dim]`, heads merged in the output."""
-    return _backend.get().attention(q, k, v, scale)
+def attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float,
+              causal: bool = False) -> nn.Tensor:
+    """softmax(q k^T * scale) v over `[b, s, heads, head_dim]`, heads merged in the output;
+    `causal`: query i sees keys 0..i only, the others get weight exactly 0."""
+    return _backend.get().attention(q, k, v, scale, causal)
 
 
 def patch_embed(x: nn.Tensor, weight: nn.Tensor, patch: int) -> nn.Tensor:

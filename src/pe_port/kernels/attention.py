@@ -5,6 +5,12 @@ Both take q, k, v `[b, s, heads, head_dim]` as the RoPE kernel writes them and r
 `[b, s_q, heads * head_dim]` with the heads merged: the out-projection reads it as it is.
 Queries and keys may differ in number (the attention pool has one query).
 
+Both take `causal`: query `i` then sees keys `0..i` only (the text tower's mask, PyTorch's
+additive `-inf` above the diagonal). A masked key gets weight exactly 0, as `exp(-inf)` gives
+PyTorch, so keys after a query cannot move its output by a single bit. A switch, not a second
+kernel: the masked kernel differs in which keys a row sees (`_visible`) and in the keys a CPU
+task walks, nothing else, and one kernel keeps one place to get the indexing right.
+
 The GPU kernel is written with its GPU schedule in the loop nest (`blockIdx`/`threadIdx`
 loops, shared and register buffers), and built by a function that takes `emulate`: with it,
 the thread loops become serial loops and the GPU scratch scopes become plain memory, so the same
@@ -35,6 +41,12 @@ QUERY_ROWS = 64
 # 32 keys made ptxas spill at head size 64 (255 registers); 16 need 190 and no spill. At head
 # size 96 (the G14 towers) 16 keys spill 52 bytes (8 keys spilled more).
 KEY_TILE = 16
+
+
+
+def _visible(key, query, keys, causal: bool):
+    """Whether `query` attends to `key`: every real key, or with `causal` those up to `query`."""
+    return T.And(key < keys, key <= query) if causal else key < keys
 
 
 # ---- CPU --------------------------------------------------------------------------------------
@@ -86,9 +98,9 @@ def pack_keys(k: nn.Tensor) -> nn.Tensor:
         out=nn.Tensor.placeholder((batch, heads, chunks, head_dim, KEY_CHUNK), "float32"))
 
 
-@functools.cache  # one parse per head shape and scale
+@functools.cache  # one parse per head shape, scale and mask
 @quick_frame_inspection()
-def make_attention_kernel(heads: int, head_dim: int, scale: float):
+def make_attention_kernel(heads: int, head_dim: int, scale: float, causal: bool = False):
     """`softmax(q k^T * scale) v` per head, for `rows` queries of one head per parallel task.
 
     Layout: q and v `[b, s, h, d]` as the RoPE kernel writes them (a head's values are read
@@ -97,9 +109,26 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
     copy). Queries and keys may differ in number (the attention pool has one query).
     The task's scores row (`rows x s_pad`) stays in cache: scores, then max and exponentials
     (16 lanes at a time), then the value sum, then one division per output row.
+
+    `causal`: masked scores stay out of the max and become exactly 0 after the exponential
+    (the clamped `exp_nonpositive` alone would leave 2e-38); a task stops after the last key
+    its rows see, so the masked kernel does about half the work at a full context.
     """
     rows = attention_rows(head_dim)
     lanes = 16
+
+    def seen_chunks(chunks, r0):
+        """The key chunks the task of rows `r0..r0 + rows - 1` reads."""
+        return T.min(chunks, (r0 + rows - 1) // KEY_CHUNK + 1) if causal else chunks
+
+    def seen_keys(keys, r0):
+        return T.min(keys, r0 + rows) if causal else keys
+
+    def weight(value, key, query, keys):
+        """`value`, the exponential of a score; exactly 0 where the causal mask hides the key."""
+        if not causal:
+            return value
+        return T.if_then_else(_visible(key, query, keys, causal), value, T.float32(0))
 
     @T.prim_func(private=True)
     def attention(var_q: T.handle, var_kt: T.handle, var_v: T.handle, var_out: T.handle):
@@ -123,7 +152,7 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
             acc = T.alloc_buffer((rows, head_dim), "float32", scope="local")
             row_max = T.alloc_buffer((rows,), "float32", scope="local")
             row_sum = T.alloc_buffer((rows,), "float32", scope="local")
-            for chunk in range(chunks):
+            for chunk in range(seen_chunks(chunks, r0)):
                 for i in T.unroll(rows):
                     for j in T.vectorized(KEY_CHUNK):
                         tile[i, j] = T.float32(0)
@@ -136,7 +165,8 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
                     for j in T.vectorized(KEY_CHUNK):
                         # Padded keys get a score that vanishes in the softmax (exp < 2e-38).
                         scores[i, chunk * KEY_CHUNK + j] = T.if_then_else(
-                            chunk * KEY_CHUNK + j < keys, tile[i, j], T.float32(NEG_LARGE))
+                            _visible(chunk * KEY_CHUNK + j, r0 + i, keys, causal), tile[i, j],
+                            T.float32(NEG_LARGE))
             for i in range(rows):
                 # Per row: 16-lane running max and sum in registers, then one horizontal step.
                 lane_max = T.alloc_buffer((lanes,), "float32", scope="local")
@@ -144,16 +174,17 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
                 for j in T.vectorized(lanes):
                     lane_max[j] = T.float32(NEG_LARGE)
                     lane_sum[j] = T.float32(0)
-                for chunk in range(chunks * KEY_CHUNK // lanes):
+                for chunk in range(seen_chunks(chunks, r0) * KEY_CHUNK // lanes):
                     for j in T.vectorized(lanes):
                         lane_max[j] = T.max(lane_max[j], scores[i, chunk * lanes + j])
                 row_max[i] = T.float32(NEG_LARGE)
                 for j in range(lanes):
                     row_max[i] = T.max(row_max[i], lane_max[j])
-                for chunk in range(chunks * KEY_CHUNK // lanes):
+                for chunk in range(seen_chunks(chunks, r0) * KEY_CHUNK // lanes):
                     for j in T.vectorized(lanes):
-                        scores[i, chunk * lanes + j] = exp_nonpositive(
-                            (scores[i, chunk * lanes + j] - row_max[i]) * T.float32(scale))
+                        scores[i, chunk * lanes + j] = weight(exp_nonpositive(
+                            (scores[i, chunk * lanes + j] - row_max[i]) * T.float32(scale)),
+                            chunk * lanes + j, r0 + i, keys)
                         lane_sum[j] = lane_sum[j] + scores[i, chunk * lanes + j]
                 row_sum[i] = T.float32(0)
                 for j in range(lanes):
@@ -161,7 +192,7 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
             for i in T.unroll(rows):
                 for d in T.vectorized(head_dim):
                     acc[i, d] = T.float32(0)
-            for key in range(keys):
+            for key in range(seen_keys(keys, r0)):
                 for i in T.unroll(rows):
                     for d in T.vectorized(head_dim):
                         acc[i, d] = acc[i, d] + scores[i, key] * v[b, key, h, d]
@@ -173,20 +204,22 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float):
     return attention
 
 
-def cpu_attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float) -> nn.Tensor:
+def cpu_attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float,
+                  causal: bool = False) -> nn.Tensor:
     """Fused softmax attention over `[b, s, heads, head_dim]` inputs; `[b, s_q, width]` out."""
     batch, seq, heads, head_dim = q.shape
-    kernel = make_attention_kernel(int(heads), int(head_dim), scale)
-    return op.tensor_ir_op(kernel, "attention", args=[q, pack_keys(k), v],
+    kernel = make_attention_kernel(int(heads), int(head_dim), scale, causal)
+    name = "causal_attention" if causal else "attention"
+    return op.tensor_ir_op(kernel, name, args=[q, pack_keys(k), v],
                            out=nn.Tensor.placeholder((batch, seq, heads * head_dim), "float32"))
 
 
 # ---- GPU --------------------------------------------------------------------------------------
 
-@functools.cache  # one parse per head shape, scale and dtype
+@functools.cache  # one parse per head shape, scale, dtype and mask
 @quick_frame_inspection()
 def make_flash_attention_kernel(heads: int, head_dim: int, scale: float, dtype: str,
-                                emulate: bool = False):
+                                emulate: bool = False, causal: bool = False):
     """`out[b, i, h*d:(h+1)*d] = softmax_j(q_i . k_j * scale) v_j`; a block per (b, h, 64 rows).
 
     Why a kernel: the unfused graph writes the `[b, h, s, s]` score matrix to memory, reads it
@@ -200,6 +233,11 @@ def make_flash_attention_kernel(heads: int, head_dim: int, scale: float, dtype: 
     Layout: q, k, v `[b, s, h, d]` as the RoPE kernel writes them, output `[b, s_q, h * d]`
     with the heads merged. Queries and keys may differ in number (the attention pool has one
     query); the query rows and keys past the end read the last valid one and are dropped.
+
+    `causal`: a masked key scores `NEG_LARGE` like a padded one, and `exp2(NEG_LARGE - max)`
+    is exactly 0. Key 0 is in the first tile and seen by every row, so a row's max is a real
+    score from then on. Tiles are not skipped: at the text tower's 32-72 tokens a 64-row block
+    sees (nearly) every key.
     """
     width = heads * head_dim
     q_scale = T.float32(scale * LOG2E)  # scores in log2 units: exp2 is one instruction
@@ -287,8 +325,9 @@ def make_flash_attention_kernel(heads: int, head_dim: int, scale: float, dtype: 
                             scores[tx, j] = T.float32(0)
                             for c in unrolled(head_dim):
                                 scores[tx, j] = scores[tx, j] + query[tx, c] * k_tile[j, c]
-                            scores[tx, j] = T.if_then_else(tile * KEY_TILE + j < keys,
-                                                           scores[tx, j], T.float32(NEG_LARGE))
+                            scores[tx, j] = T.if_then_else(
+                                _visible(tile * KEY_TILE + j, query_row(task, seq, tx), keys,
+                                         causal), scores[tx, j], T.float32(NEG_LARGE))
                             tile_max[tx] = T.max(tile_max[tx], scores[tx, j])
                         # What the row holds was summed against the old max: rescale it.
                         row_sum[tx] = row_sum[tx] * T.exp2(row_max[tx] - tile_max[tx])
@@ -311,9 +350,11 @@ def make_flash_attention_kernel(heads: int, head_dim: int, scale: float, dtype: 
 
 
 def gpu_flash_attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float,
-                        emulate: bool = False) -> nn.Tensor:
+                        emulate: bool = False, causal: bool = False) -> nn.Tensor:
     """Flash attention over `[b, s, heads, head_dim]` inputs; `[b, s_q, heads * head_dim]` out."""
     batch, seq, heads, head_dim = q.shape
-    kernel = make_flash_attention_kernel(int(heads), int(head_dim), scale, q.dtype, emulate)
-    return op.tensor_ir_op(kernel, "flash_attention", args=[q, k, v],
+    kernel = make_flash_attention_kernel(int(heads), int(head_dim), scale, q.dtype, emulate,
+                                         causal)
+    name = "causal_flash_attention" if causal else "flash_attention"
+    return op.tensor_ir_op(kernel, name, args=[q, k, v],
                            out=nn.Tensor.placeholder((batch, seq, heads * head_dim), q.dtype))
