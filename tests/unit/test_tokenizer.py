@@ -30,6 +30,9 @@ OFFICIAL_IDS = {
          563, 15304],
     "don't stop believin'": [847, 713, 1691, 4972, 530, 262],
     "&amp;amp; &lt;b&gt;bold&lt;/b&gt;": [261, 283, 321, 285, 8911, 34308, 321, 285],
+    # With a literal "<" ftfy leaves entities alone: only the second html.unescape gives "&".
+    "a <b>dog</b> &amp;amp; a cat": [320, 283, 321, 285, 1929, 34308, 321, 285, 261, 320, 2368],
+    "1 < 2 &amp;lt;3": [272, 283, 273, 283, 274],
     "ſ'ſ <start_of_text> !<end_of_text>":
         [129, 379, 6, 129, 379, 49406, 0, 283, 806, 318, 539, 318, 4160, 285],
     "The quick brown fox jumps over the lazy dog 1234567890":
@@ -41,7 +44,10 @@ OFFICIAL_IDS = {
 # The official tokenizer's row for "x" * 300 at context 32: cut to 31 ids, the end id last.
 OFFICIAL_LONG_ROW = [49406] + [32035] * 30 + [49407]
 
-FRAGMENTS = ["&amp;", "&#39;", "&lt;", "&gt;", "&quot;", "&amp;amp;", "&nbsp;", "'s", "'LL", "'ve",
+# ftfy unescapes HTML itself unless the text has a literal "<": "<b>" makes the two
+# html.unescape calls matter.
+FRAGMENTS = ["&amp;", "&#39;", "&lt;", "&gt;", "&quot;", "&amp;amp;", "&amp;lt;", "&amp;#39;",
+             "&nbsp;", "<b>", "</b>", "<", "'s", "'LL", "'ve",
              "'ſ", "<start_of_text>", "<end_of_text>", "!<end_of_text>", "don't", "2024", "3.14",
              "😀", "👍🏽", "👩‍👩‍👧", "🎉", "Ã©", "\u212a", "İ", "ß", "ς", "ﬁ", "e\u0301", "\u0345",
              " ", "  ", "\t", "\n", "\u00a0", "\u2028", "\u3000", "\u1680", "\u200b", "\x1c",
