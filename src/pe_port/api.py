@@ -6,8 +6,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pe_port.checkpoint import cached_checkpoint, download_checkpoint, read_vision_weights
-from pe_port.config import DTYPES, get_config
+from pe_port.checkpoint import (
+    cached_checkpoint,
+    download_checkpoint,
+    read_text_weights,
+    read_vision_weights,
+)
+from pe_port.config import DTYPES, PE_TEXT_CONFIG, get_config
 from pe_port.errors import CheckpointError, UserError, WeightError
 from pe_port.runtime import Encoder
 from pe_port.threads import configure_tvm_threads
@@ -34,7 +39,10 @@ def load(
     require_device: bool = True,
     feature_variants: Sequence = (),
 ) -> Encoder:
-    """Load an official PE vision model, compiled for `target` ("cpu", "cuda" or a TVM dict).
+    """Load an official PE model, compiled for `target` ("cpu", "cuda" or a TVM dict).
+
+    PE-Core models also embed text (`encode_text`, `zero_shot`): their text tower is read from
+    the same checkpoint and compiled when first used.
 
     `checkpoint` is a `.safetensors` or `.pt` path (a `.pt` needs PyTorch), or None for the
     official file from the Hugging Face hub (its cache; `HF_HUB_OFFLINE=1` uses the cache only).
@@ -53,7 +61,9 @@ def load(
     path = checkpoint_path(name, checkpoint)
     weights = read_vision_weights(path)
     try:
-        encoder = Encoder(name, config, resolved, dtype, weights, progress)
+        encoder = Encoder(name, config, resolved, dtype, weights, progress,
+                          text_config=PE_TEXT_CONFIG.get(name),
+                          text_weights=lambda: read_text_weights(path))
     except WeightError as err:
         raise CheckpointError(f"checkpoint {path} does not fit {name}: {err}") from None
     if require_device:

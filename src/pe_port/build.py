@@ -21,10 +21,10 @@ from tvm.target import codegen
 from pe_port import ops
 from pe_port.artifact import FeatureVariant
 from pe_port.backends import Backend, for_target
-from pe_port.config import PEConfig
+from pe_port.config import PEConfig, PETextConfig
 from pe_port.errors import TargetError
 from pe_port.kernels.tvmscript import quick_frame_inspection
-from pe_port.model import VisionTransformer
+from pe_port.model import TextTransformer, VisionTransformer
 
 # Compute capability the CUDA build targets when neither told nor on a GPU machine (H100).
 DEFAULT_CUDA_ARCH = "sm_90"
@@ -102,6 +102,11 @@ def image_spec(dtype: str) -> nn.spec.Tensor:
     return nn.spec.Tensor(["batch", 3, "height", "width"], dtype)
 
 
+def text_spec() -> nn.spec.Tensor:
+    """Token ids `[batch, seq]`, int32: batch and length symbolic (length <= context)."""
+    return nn.spec.Tensor(["batch", "seq"], "int32")
+
+
 def lift_weight_transforms(mod: tvm.IRModule) -> tvm.IRModule:
     """Move weight-only work (packing for the CPU matmuls, transposes) out of every function
     into its own `transform_function_name(function)`, run once when the weights are loaded.
@@ -152,6 +157,26 @@ def export_tower(
     return mod, [(name, tuple(int(d) for d in param.shape)) for name, param in params]
 
 
+def text_param_specs(config: PETextConfig, dtype: str = "float32") -> ParamSpecs:
+    """The text tower's parameters (official names) and shapes, in the order `forward` takes
+    them; read off the `nn.Module` without building the graph."""
+    model = TextTransformer(config, dtype)
+    return [(name, tuple(int(d) for d in param.shape))
+            for name, param in model.named_parameters()]
+
+
+@functools.lru_cache(maxsize=8)
+def export_text_tower(config: PETextConfig, dtype: str,
+                      backend: Backend | None = None) -> tuple[tvm.IRModule, ParamSpecs]:
+    """The Relax IRModule of the text tower: `forward` (ids to the projected embedding)."""
+    model = TextTransformer(config, dtype)
+    spec = MethodSpec.from_raw({"text": text_spec()}, model.forward)
+    with ops.use_backend(backend or Backend()), quick_frame_inspection():
+        mod, params = model.export_tvm(ModuleSpec(model, ["forward"], [spec]))
+    mod = lift_weight_transforms(mod)
+    return mod, [(name, tuple(int(d) for d in param.shape)) for name, param in params]
+
+
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
     """Compile a Relax module with the pipeline of the target's backend."""
     # Our kernels parse under it in their `make_*`; here for dlight's GPU rules, which parse
@@ -164,4 +189,11 @@ def build_tower(config: PEConfig, dtype: str, target: tvm.target.Target,
                 variants: Sequence[FeatureVariant] = ()) -> relax.VMExecutable:
     """`export_tower` with the target's backend, then `build`."""
     mod, _ = export_tower(config, dtype, tuple(variants), for_target(target))
+    return build(mod, target)
+
+
+def build_text_tower(config: PETextConfig, dtype: str,
+                     target: tvm.target.Target) -> relax.VMExecutable:
+    """`export_text_tower` with the target's backend, then `build`."""
+    mod, _ = export_text_tower(config, dtype, for_target(target))
     return build(mod, target)

@@ -2,8 +2,8 @@
 
 Official files are torch pickles holding a state dict raw, or under "state_dict" or "weights";
 keys may carry a `module.` prefix; CLIP (Core) files hold the vision keys under `visual.` beside
-the text tower's keys, which the vision port ignores. `.safetensors` files with the same keys
-are accepted too. Pickles are read with `weights_only=True`, so no arbitrary code runs.
+the text tower's keys (at the root) and the scalar `logit_scale`. `.safetensors` files with the
+same keys are accepted too. Pickles are read with `weights_only=True`, so no arbitrary code runs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import numpy as np
 from pe_port.errors import CheckpointError
 
 VISUAL_PREFIX = "visual."
+# The CLIP wrapper's own parameter: log of the temperature of the image-text logits.
+LOGIT_SCALE = "logit_scale"
 # Seconds to wait for the hub before saying it cannot be reached.
 HUB_TIMEOUT_S = 5
 
@@ -131,9 +133,14 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in tensors.items()}
 
 
+def unwrapped(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The keys without the `module.` prefix distributed training adds."""
+    return {_strip(k, "module."): v for k, v in state.items()}
+
+
 def vision_state_dict(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Strip `module.`; from CLIP files keep only the `visual.` keys, without the prefix."""
-    state = {_strip(k, "module."): v for k, v in state.items()}
+    state = unwrapped(state)
     if any(k.startswith(VISUAL_PREFIX) for k in state):
         state = {k[len(VISUAL_PREFIX):]: v for k, v in state.items()
                  if k.startswith(VISUAL_PREFIX)}
@@ -147,3 +154,19 @@ def _strip(key: str, prefix: str) -> str:
 def read_vision_weights(path: str | Path) -> dict[str, np.ndarray]:
     """The vision tower's weights in checkpoint `path`, by their official names."""
     return vision_state_dict(read_state_dict(path))
+
+
+def text_state_dict(state: Mapping[str, np.ndarray], path: str | Path) -> dict[str, np.ndarray]:
+    """Strip `module.`; keep the text tower's keys (the root of a CLIP file, not `visual.`) and
+    `logit_scale`. A file without them (a vision-only checkpoint) is an error naming it."""
+    state = unwrapped(state)
+    if not any(k.startswith(VISUAL_PREFIX) for k in state) or LOGIT_SCALE not in state:
+        raise CheckpointError(
+            f"checkpoint {path} holds no text tower (a vision-only file: images work, text "
+            "needs the model's full CLIP checkpoint)")
+    return {k: v for k, v in state.items() if not k.startswith(VISUAL_PREFIX)}
+
+
+def read_text_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """The text tower's weights and `logit_scale` in CLIP checkpoint `path`."""
+    return text_state_dict(read_state_dict(path), path)

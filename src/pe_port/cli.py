@@ -77,6 +77,91 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- text (PE-Core): encode-text, classify, search ---------------------------------------------
+
+def _read_lines(path: str, what: str) -> list[str]:
+    """The non-empty lines of a UTF-8 text file."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{what} file {file} " + ("is not a regular file" if file.exists()
+                                                  else "does not exist"))
+    try:
+        lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {what} file {file}: {err}") from None
+    return [line for line in lines if line]
+
+
+def _texts(given: list[str] | None, path: str | None, what: str) -> list[str]:
+    texts = list(given or []) + (_read_lines(path, what) if path else [])
+    texts = [text.strip() for text in texts]
+    if not texts or any(not text for text in texts):
+        raise UserError(f"give at least one non-empty {what}")
+    return texts
+
+
+def _cmd_encode_text(args: argparse.Namespace) -> int:
+    from pe_port.api import load
+    from pe_port.config import text_config
+
+    text_config(args.model)  # a model without a text tower fails before anything is read
+    texts = _texts(args.text, args.text_file, "text")
+    output = _checked_output_file(args.output)
+    encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch)
+    result = encoder.encode_text(texts, normalize=args.normalize)
+    _save_npy_atomically(output, result)
+    print(f"pe-port: wrote {output} {result.shape}", file=sys.stderr)
+    return 0
+
+
+def _labels(args: argparse.Namespace) -> list[str]:
+    given = [label for label in (args.labels or "").split(",")] if args.labels else None
+    return _texts(given, args.labels_file, "label")
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from pe_port.api import load
+    from pe_port.config import text_config
+
+    text_config(args.model)
+    labels = _labels(args)
+    templates = _read_lines(args.templates, "templates") if args.templates else None
+    if templates is not None and (not templates or any("{}" not in t for t in templates)):
+        raise UserError(f"templates file {args.templates}: each line needs a {{}} for the label")
+    files = _image_files(args.input)
+    encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch)
+    probabilities = encoder.zero_shot(files, labels, templates, center_crop=args.center_crop)
+    top_k = min(args.top_k, len(labels))
+    for path, row in zip(files, probabilities, strict=True):
+        best = np.argsort(-row, kind="stable")[:top_k]
+        if args.json:
+            print(json.dumps({"image": str(path), "labels": [labels[i] for i in best],
+                              "probabilities": [round(float(row[i]), 6) for i in best]}))
+        else:
+            print(path)
+            for i in best:
+                print(f"  {row[i]:7.2%}  {labels[i]}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from pe_port.api import load
+    from pe_port.config import text_config
+    from pe_port.runtime import normalized
+
+    text_config(args.model)
+    query = _texts([args.query], None, "query")
+    files = _image_files(args.input)
+    encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch)
+    images = normalized(encoder.encode_images(files, center_crop=args.center_crop))
+    scores = images @ encoder.encode_text(query, normalize=True)[0]
+    for i in np.argsort(-scores, kind="stable")[:args.top_k]:
+        print(f"{scores[i]:7.4f}  {files[i]}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from pe_port.api import load
     from pe_port.artifact import check_export_destination, check_feature_variants
@@ -96,11 +181,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    """A `.pt` checkpoint to `.safetensors` (the vision keys, as float32), so that a deployment
-    never needs PyTorch."""
+    """A `.pt` checkpoint to `.safetensors` (every tensor as float32, without `module.`;
+    a CLIP file keeps both towers), so that a deployment never needs PyTorch."""
     from safetensors.numpy import save_file
 
-    from pe_port.checkpoint import read_vision_weights
+    from pe_port.checkpoint import read_state_dict, unwrapped
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
@@ -108,7 +193,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if output.is_dir():
         raise UserError(f"output {output} is a folder")
     _check_writable_dir(output.parent.absolute())
-    weights = read_vision_weights(args.checkpoint)
+    weights = unwrapped(read_state_dict(args.checkpoint))
     _write_atomically(output, lambda path: save_file(weights, str(path)))
     print(f"pe-port: wrote {output} ({len(weights)} tensors)", file=sys.stderr)
     return 0
@@ -237,7 +322,7 @@ def _write_atomically(path: Path, write) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pe-port", description="Perception Encoder vision models compiled with Apache TVM"
+        prog="pe-port", description="Perception Encoder models compiled with Apache TVM"
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -250,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     download.set_defaults(run=_cmd_download)
 
     encode = commands.add_parser("encode", help="run a model on a .npy tensor or images")
-    encode.add_argument("model", metavar="MODEL")
-    encode.add_argument("--checkpoint", help="a .pt or .safetensors file (default: the hub)")
+    _add_model_arguments(encode)
     encode.add_argument("--input", required=True, nargs="+", metavar="IN",
                         help="a float32 (N, 3, H, W) .npy, or image files, or a folder")
     encode.add_argument("--output", required=True, metavar="OUT.npy")
@@ -266,8 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.set_defaults(run=_cmd_encode)
 
     export = commands.add_parser("export", help="write the artifact for the C++ runner")
-    export.add_argument("model", metavar="MODEL")
-    export.add_argument("--checkpoint", help="a .pt or .safetensors file (default: the hub)")
+    _add_model_arguments(export)
     export.add_argument("-o", "--output", required=True, metavar="DIR")
     export.add_argument(
         "--features-variant", action="append", default=[], type=_feature_variant,
@@ -277,12 +360,63 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_options(export)
     export.set_defaults(run=_cmd_export)
 
+    encode_text = commands.add_parser(
+        "encode-text", help="embed texts with a PE-Core model's text tower")
+    _add_model_arguments(encode_text)
+    encode_text.add_argument("--text", action="append", metavar="TEXT", help="repeatable")
+    encode_text.add_argument("--text-file", metavar="FILE", help="one text per line")
+    encode_text.add_argument("--output", required=True, metavar="OUT.npy")
+    encode_text.add_argument("--normalize", action="store_true", help="unit-length rows")
+    _add_target_options(encode_text)
+    encode_text.set_defaults(run=_cmd_encode_text)
+
+    classify = commands.add_parser(
+        "classify", help="zero-shot: which label fits each image (PE-Core models)")
+    _add_model_arguments(classify)
+    classify.add_argument("--labels", metavar="A,B,C", help="comma-separated labels")
+    classify.add_argument("--labels-file", metavar="FILE", help="one label per line")
+    classify.add_argument("--templates", metavar="FILE",
+                          help="prompt templates, one per line, {} for the label "
+                               "(default: the label alone)")
+    classify.add_argument("--input", required=True, nargs="+", metavar="IMAGE",
+                          help="image files or folders")
+    classify.add_argument("--top-k", type=_positive_int, default=5)
+    classify.add_argument("--json", action="store_true", help="one JSON line per image")
+    classify.add_argument("--center-crop", action="store_true")
+    _add_target_options(classify)
+    classify.set_defaults(run=_cmd_classify)
+
+    search = commands.add_parser("search", help="rank images by a text query (PE-Core models)")
+    _add_model_arguments(search)
+    search.add_argument("--query", required=True)
+    search.add_argument("--input", required=True, nargs="+", metavar="IMAGE",
+                        help="image files or folders")
+    search.add_argument("--top-k", type=_positive_int, default=10)
+    search.add_argument("--center-crop", action="store_true")
+    _add_target_options(search)
+    search.set_defaults(run=_cmd_search)
+
     convert = commands.add_parser(
         "convert", help="a .pt checkpoint to .safetensors (then no PyTorch is needed)")
     convert.add_argument("checkpoint", metavar="CKPT.pt")
     convert.add_argument("output", metavar="OUT.safetensors")
     convert.set_defaults(run=_cmd_convert)
     return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL")
+    parser.add_argument("--checkpoint", help="a .pt or .safetensors file (default: the hub)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -293,10 +427,18 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
 
 
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"pe-port: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warn_in_one_line  # e.g. a text cut to the context
+            return args.run(args)
     except UserError as err:
         print(f"pe-port: error: {err}", file=sys.stderr)
         return 2

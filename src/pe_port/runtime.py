@@ -1,4 +1,5 @@
-"""`Encoder`: one compiled PE vision tower with its weights, callable like the original module.
+"""`Encoder`: one compiled PE vision tower with its weights, callable like the original module;
+for PE-Core models also the text tower (`TextTower`), compiled at its first use, and zero-shot.
 
 The library comes from the compile cache (`cache.py`), keyed without building the graph, so a
 warm `pe_port.load` is a hash, a `dlopen` and the weight upload. The weights reach the device
@@ -8,6 +9,7 @@ machine without a GPU) still exports its artifact.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -24,11 +26,13 @@ from pe_port.artifact import (
     write_artifact,
 )
 from pe_port.backends import for_target
-from pe_port.config import PEConfig
-from pe_port.errors import DeviceError, InputError, WeightError
+from pe_port.config import PEConfig, PETextConfig
+from pe_port.errors import DeviceError, InputError, UserError, WeightError
 from pe_port.preprocess import MEAN, STD, preprocess
 
 Progress = Callable[[str], None] | None
+# Texts per call of the text tower: bounded memory for thousands of labels.
+TEXT_BATCH = 64
 
 
 def check_weights(
@@ -85,6 +89,91 @@ def to_numpy_dtype(dtype: str):
     return np.dtype(dtype)
 
 
+def normalized(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (the original's `F.normalize(x, dim=-1)`)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def cached_library(config, dtype: str, variants: tuple[FeatureVariant, ...],
+                   target: tvm.target.Target, build: Callable[[], relax.VMExecutable],
+                   progress: Progress, what: str) -> Path:
+    """The library of a tower from the compile cache (`cache.py`), `build()` on a miss."""
+    from pe_port import cache
+
+    key = cache.cache_key(config, dtype, variants, str(target), for_target(target).name)
+    return cache.get_or_build(key, lambda path: build().export_library(str(path)), progress,
+                              what=f"{what} for {target.kind.name}")
+
+
+class TextTower:
+    """The compiled text tower of a PE-Core model with its weights: token ids -> embeddings.
+
+    Compiled (or taken from the compile cache) and put on the device at its first call.
+    """
+
+    def __init__(self, name: str, config: PETextConfig, target: tvm.target.Target, dtype: str,
+                 weights: Mapping[str, np.ndarray], progress: Progress = None) -> None:
+        from pe_port.build import text_param_specs
+
+        self.name = name
+        self.config = config
+        self.target = target
+        self.dtype = dtype
+        self.param_specs = text_param_specs(config, dtype)
+        check_weights(self.param_specs, weights)
+        self._weights = {n: np.asarray(weights[n], dtype=np.float32) for n, _ in self.param_specs}
+        self._progress = progress
+        self._run_forward: Callable | None = None
+
+    def library(self) -> Path:
+        from pe_port.build import build_text_tower
+
+        return cached_library(self.config, self.dtype, (), self.target,
+                              lambda: build_text_tower(self.config, self.dtype, self.target),
+                              self._progress, f"{self.name} text tower")
+
+    def _forward(self, device: tvm.runtime.Device) -> Callable:
+        if self._run_forward is None:
+            vm = relax.VirtualMachine(
+                relax.VMExecutable(tvm.runtime.load_module(str(self.library()))), device)
+            np_dtype = to_numpy_dtype(self.dtype)
+            params = [tvm.runtime.tensor(self._weights[n].astype(np_dtype), device)
+                      for n, _ in self.param_specs]
+            packed = list(vm[transform_function_name("forward")](params))
+            self._run_forward = lambda ids: vm["forward"](tvm.runtime.tensor(ids, device),
+                                                          *packed)
+        return self._run_forward
+
+    def __call__(self, ids: np.ndarray, device: tvm.runtime.Device) -> np.ndarray:
+        """Ids `(N, L)` as `pe_port.tokenizer.tokenize` gives them -> `(N, output_dim)`, what the
+        original's `encode_text` returns (not normalised)."""
+        ids = self.check_ids(ids)
+        # Causal attention: nothing after the last end-of-text id changes a pooled row, so
+        # the padding past it is not run.
+        ids = ids[:, : int(ids.argmax(axis=1).max()) + 1].astype(np.int32)
+        forward = self._forward(device)
+        return np.concatenate([forward(ids[i:i + TEXT_BATCH]).numpy().astype(np.float32)
+                               for i in range(0, len(ids), TEXT_BATCH)])
+
+    def check_ids(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        context, vocab = self.config.context_length, self.config.vocab_size
+        if ids.dtype.kind not in "iu" or ids.ndim != 2 or not ids.size:
+            raise InputError(f"token ids must be a non-empty integer array (N, L), got "
+                             f"{ids.dtype} {ids.shape}")
+        if ids.shape[1] > context:
+            raise InputError(f"token ids have length {ids.shape[1]}; the context of "
+                             f"{self.name} is {context}")
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise InputError(f"token ids must lie in [0, {vocab})")
+        return ids
+
+
 class Encoder:
     """A compiled PE vision tower with its weights: call it like the official module.
 
@@ -94,7 +183,11 @@ class Encoder:
     """
 
     def __init__(self, name: str, config: PEConfig, target: tvm.target.Target, dtype: str,
-                 weights: Mapping[str, np.ndarray], progress: Progress = None) -> None:
+                 weights: Mapping[str, np.ndarray], progress: Progress = None,
+                 text_config: PETextConfig | None = None,
+                 text_weights: Callable[[], Mapping[str, np.ndarray]] | None = None) -> None:
+        """`text_weights` reads the text tower's weights and `logit_scale` when text is first
+        asked for (a PE-Core checkpoint holds both towers); None for vision-only models."""
         from pe_port.build import param_specs
 
         self.name = name
@@ -110,24 +203,22 @@ class Encoder:
         # Exported function name -> its VM, and the weights in the layout it reads.
         self._vms: dict[str, relax.VirtualMachine] = {}
         self._packed: dict[str, list] = {}
+        self.text_config = text_config
+        self._read_text_weights = text_weights
+        self._text: TextTower | None = None
+        self._logit_scale: float | None = None
 
     # ---- libraries --------------------------------------------------------------------------
     def library(self, variants: Sequence[FeatureVariant] = ()) -> Path:
         """The compiled library holding `forward`, `forward_features` and `variants`: from the
         compile cache, built on a miss."""
-        from pe_port import cache
+        from pe_port.build import build_tower
 
         variants = tuple(variants)
-        backend = for_target(self.target)
-        key = cache.cache_key(self.config, self.dtype, variants, str(self.target), backend.name)
-
-        def write(path: Path) -> None:
-            from pe_port.build import build_tower
-
-            build_tower(self.config, self.dtype, self.target, variants).export_library(str(path))
-
-        return cache.get_or_build(key, write, self._progress,
-                                  what=f"{self.name} for {self.target.kind.name}")
+        return cached_library(
+            self.config, self.dtype, variants, self.target,
+            lambda: build_tower(self.config, self.dtype, self.target, variants),
+            self._progress, self.name)
 
     @property
     def device(self) -> tvm.runtime.Device:
@@ -206,6 +297,93 @@ class Encoder:
     def encode_images(self, paths: Sequence[str | Path], center_crop: bool = False) -> np.ndarray:
         """Pre-process image files with the official transform and run `forward`."""
         return self(self.preprocess(paths, center_crop))
+
+    # ---- text and zero-shot (PE-Core) -----------------------------------------------------
+    @property
+    def text(self) -> TextTower:
+        """The text tower: its weights read, checked (and compiled) at the first use."""
+        if self._text is None:
+            if self.text_config is None:
+                raise UserError(f"{self.name} has no text tower; only PE-Core models do")
+            if self._read_text_weights is None:
+                raise UserError(f"no checkpoint with a text tower was given for {self.name}")
+            from pe_port.checkpoint import LOGIT_SCALE
+
+            weights = dict(self._read_text_weights())
+            scale = np.asarray(weights.pop(LOGIT_SCALE, np.nan), dtype=np.float64)
+            if scale.size != 1 or not np.isfinite(scale).all():
+                raise WeightError(f"{LOGIT_SCALE} must be one finite number, got {scale!r}")
+            self._text = TextTower(self.name, self.text_config, self.target, self.dtype,
+                                   weights, self._progress)
+            self._logit_scale = float(scale.reshape(()))
+        return self._text
+
+    @property
+    def logit_scale(self) -> float:
+        """`logit_scale.exp()` of the checkpoint: the factor of the image-text logits."""
+        self.text  # noqa: B018  reads the checkpoint's text side
+        return float(np.exp(self._logit_scale))
+
+    def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
+        """The official tokenizer's ids `(N, context_length)`; a text too long for the context is
+        cut as the original cuts it, with a warning naming it."""
+        from pe_port.tokenizer import tokenize_with_truncation
+
+        if self.text_config is None:
+            raise UserError(f"{self.name} has no text tower; only PE-Core models do")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise InputError("no texts given")
+        ids, truncated = tokenize_with_truncation(texts, self.text_config.context_length)
+        for i in truncated:
+            warnings.warn(f"text {i} ({texts[i][:40]!r}...) is longer than the "
+                          f"{self.text_config.context_length}-token context of {self.name}; "
+                          "truncated as the original does", stacklevel=2)
+        return ids
+
+    def encode_text(self, texts: str | Sequence[str], normalize: bool = False) -> np.ndarray:
+        """Texts -> `(N, output_dim)`, the original's `encode_text`; in batches of TEXT_BATCH."""
+        ids = self.tokenize(texts)
+        embeddings = self.text(ids, self.device)
+        return normalized(embeddings) if normalize else embeddings
+
+    def encode_video(self, frames: np.ndarray, normalize: bool = False) -> np.ndarray:
+        """Frames `(B, T, 3, H, W)` -> `(B, output_dim)`: the mean of the frames' embeddings,
+        each normalised first when `normalize` (the mean is not normalised again), as the
+        original's `encode_video`."""
+        frames = np.asarray(frames)
+        if frames.ndim != 5:
+            raise InputError(f"video frames must have shape (B, T, 3, H, W), got {frames.shape}")
+        batch, steps = frames.shape[:2]
+        embeddings = self(np.ascontiguousarray(frames.reshape(batch * steps, *frames.shape[2:])))
+        if normalize:
+            embeddings = normalized(embeddings)
+        return embeddings.reshape(batch, steps, -1).mean(axis=1)
+
+    def label_embeddings(self, labels: Sequence[str],
+                         templates: Sequence[str] | None = None) -> np.ndarray:
+        """One unit vector per label: the normalised embeddings of its prompts (each template
+        with `{}` replaced by the label; the label alone without templates) averaged, then
+        normalised again, as zero-shot benchmarks of CLIP models do."""
+        labels = list(labels)
+        templates = list(templates) if templates else ["{}"]
+        if not labels or any(not str(label).strip() for label in labels):
+            raise InputError("labels must be a non-empty list of non-empty texts")
+        prompts = [template.replace("{}", label) for label in labels for template in templates]
+        embeddings = self.encode_text(prompts, normalize=True)
+        return normalized(embeddings.reshape(len(labels), len(templates), -1).mean(axis=1))
+
+    def zero_shot(self, images: np.ndarray | Sequence[str | Path], labels: Sequence[str],
+                  templates: Sequence[str] | None = None, center_crop: bool = False
+                  ) -> np.ndarray:
+        """Probabilities `(N images, N labels)`: softmax over labels of
+        `logit_scale.exp() * image @ label.T` with both sides normalised. `images` are
+        pre-processed pixels `(N, 3, H, W)` or image files."""
+        pixels = images if isinstance(images, np.ndarray) else self.preprocess(images,
+                                                                               center_crop)
+        image_embeddings = normalized(self(pixels))
+        label_embeddings = self.label_embeddings(labels, templates)
+        return softmax(self.logit_scale * image_embeddings @ label_embeddings.T)
 
     # ---- export -----------------------------------------------------------------------------
     def export(self, out_dir: str | Path, feature_variants: Sequence = (),

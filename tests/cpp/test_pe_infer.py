@@ -280,8 +280,10 @@ def test_images_past_the_pixel_limit_are_refused_before_decoding(pe_infer, t16_a
 def jpeg_declaring(width: int, height: int) -> bytes:
     """A valid small JPEG whose frame header (SOF0) says `width x height`."""
     data = bytearray(valid_image("JPEG"))
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    at = 2  # after the start-of-image marker, walk the segments to the baseline frame header
+    while data[at + 1] != 0xC0:
+        at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+    data[at + 5:at + 9] = struct.pack(">HH", height, width)  # after length and precision
     return bytes(data)
 
 

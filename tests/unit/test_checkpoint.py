@@ -120,3 +120,18 @@ def test_offline_without_cache_says_what_to_do():
 def test_official_state_dict_helper_matches_reference_keys():
     keys = set(official_state_dict(SMALL_MODEL))
     assert keys == {name for name, _ in expected_params(SMALL_MODEL)}
+
+
+def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path, t16_state_dict):
+    """Issue 12, defect 8: NaN weights gave an all-NaN embedding with exit 0."""
+    import pe_port
+    from pe_port.errors import CheckpointError
+
+    name = "transformer.resblocks.3.mlp.c_fc.bias"
+    state = dict(t16_state_dict)
+    state[name] = state[name].clone()
+    state[name][7] = float("inf")
+    path = tmp_path / "inf.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=f"weights hold NaN or Inf: {name}$"):
+        pe_port.load(SMALL_MODEL, checkpoint=path, progress=None)  # refused before a compile
