@@ -51,6 +51,9 @@ clean:
 # ---- C++ runner (cpp/) --------------------------------------------------------------------------
 # `make cpp` builds build/cpp/pe_infer against the TVM runtime and tvm-ffi of the .venv wheels.
 CPP_BUILD := build/cpp
+# One compile per core: a bare -j starts every file at once, each needing ~1 GB for tvm-ffi's
+# templates, and a 2-core machine thrashes.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 .PHONY: cpp cpp-deps cpp-test cpp-bench fuzz
 
 # The system packages the C++ build needs (cmake, g++, libpng, libjpeg, zlib), installed with
@@ -60,7 +63,7 @@ cpp-deps:
 
 cpp: $(STAMP) cpp-deps
 	cmake -S cpp -B $(CPP_BUILD) -DPE_PYTHON=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release
-	cmake --build $(CPP_BUILD) -j
+	cmake --build $(CPP_BUILD) -j $(JOBS)
 
 cpp-test: cpp
 	cd $(CPP_BUILD) && ctest --output-on-failure
@@ -77,6 +80,6 @@ FUZZ_CASES ?= 3000
 fuzz: $(STAMP) cpp-deps
 	cmake -S cpp -B $(FUZZ_BUILD) -DPE_PYTHON=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 		-DPE_SANITIZE=ON
-	cmake --build $(FUZZ_BUILD) -j --target pe_fuzz_inputs
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target pe_fuzz_inputs
 	ASAN_OPTIONS=detect_leaks=0 PE_CPP_BUILD=$(abspath $(FUZZ_BUILD)) PE_FUZZ_CASES=$(FUZZ_CASES) \
 		$(PY) -m pytest -q -n 0 tests/cpp/test_fuzz_cpp.py tests/unit/test_fuzz_inputs.py
