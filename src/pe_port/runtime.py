@@ -379,10 +379,10 @@ class Encoder:
         """Probabilities `(N images, N labels)`: softmax over labels of
         `logit_scale.exp() * image @ label.T` with both sides normalised. `images` are
         pre-processed pixels `(N, 3, H, W)` or image files."""
+        label_embeddings = self.label_embeddings(labels, templates)  # bad labels fail first
         pixels = images if isinstance(images, np.ndarray) else self.preprocess(images,
                                                                                center_crop)
         image_embeddings = normalized(self(pixels))
-        label_embeddings = self.label_embeddings(labels, templates)
         return softmax(self.logit_scale * image_embeddings @ label_embeddings.T)
 
     # ---- export -----------------------------------------------------------------------------
