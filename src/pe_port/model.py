@@ -268,7 +268,6 @@ class VisionTransformer(nn.Module):
         return pooled
 
 
-
 def text_blocks_config(config: PETextConfig) -> PEConfig:
     """The text tower's blocks as the vision blocks read them: no RoPE, no cls token, no
     LayerScale, the MLP `int(width * mlp_ratio)` wide (the image fields go unused)."""
@@ -296,8 +295,8 @@ class TextTransformer(nn.Module):
     def embed(self, text: nn.Tensor) -> nn.Tensor:
         """Token ids `[b, seq]` to `[b, seq, width]`: token plus position embedding.
 
-        `seq` is symbolic and must not exceed `context_length` (the caller checks: the slice
-        below assumes it).
+        `seq` is symbolic and must not exceed `context_length`, and every id must be below
+        `vocab_size`: the caller checks both (the slice and the lookup read without bounds).
         """
         seq = text.shape[1]
         tokens = op.take(self.token_embedding.weight, text, axis=0)
