@@ -9,7 +9,12 @@ import pytest
 import torch
 
 import reference
+from pe_port.threads import configure_tvm_threads
 from reference.random_weights import randomize_
+
+# Before any test runs a kernel: the tests that build components run them without `load`, and
+# a pool with TVM's default idle spin made processes on a busy machine take minutes to exit.
+configure_tvm_threads()
 
 SMALL_MODEL = "PE-Core-T16-384"
 # The one forward_features variant (layer_idx, norm, strip_cls) the tests of SMALL_MODEL use,

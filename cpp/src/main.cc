@@ -168,6 +168,9 @@ int Run(const Options& o) {
   } else if (!std::getenv("TVM_NUM_THREADS") && !std::getenv("OMP_NUM_THREADS")) {
     setenv("TVM_NUM_THREADS", std::to_string(PhysicalCores()).c_str(), 1);
   }
+  // Idle workers spin TVM_THREAD_POOL_SPIN_COUNT sched_yield calls (default 300,000) and exit
+  // waits for them: on a busy machine a finished run took minutes to exit. 100, as pe_port.
+  setenv("TVM_THREAD_POOL_SPIN_COUNT", "100", /*overwrite=*/0);
 
   Artifact artifact = LoadArtifact(o.artifact);
   const std::string compiled_for = DeviceForTarget(artifact.target_kind);

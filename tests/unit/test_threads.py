@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from pe_port.threads import default_thread_count, physical_cores
+from pe_port.threads import (
+    DEFAULT_SPIN_COUNT,
+    SPIN_VARIABLE,
+    configure_tvm_threads,
+    default_thread_count,
+    physical_cores,
+)
 
 
 def test_user_variable_wins(monkeypatch):
@@ -45,3 +53,13 @@ def test_physical_cores_without_smt_or_sysfs(tmp_path):
     sysfs = fake_sysfs(tmp_path, {0: "0", 1: "1"})
     assert physical_cores({0, 1}, sysfs) == 2
     assert physical_cores({0, 1, 5}, tmp_path / "missing") == 3  # no sysfs: each CPU counts
+
+
+def test_configure_shortens_the_idle_spin_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv(SPIN_VARIABLE, raising=False)
+    monkeypatch.setenv("TVM_NUM_THREADS", "2")
+    assert configure_tvm_threads() == 2
+    assert os.environ[SPIN_VARIABLE] == str(DEFAULT_SPIN_COUNT)
+    monkeypatch.setenv(SPIN_VARIABLE, "5000")
+    configure_tvm_threads()
+    assert os.environ[SPIN_VARIABLE] == "5000"

@@ -133,7 +133,10 @@ def test_vocabulary_path_from_the_environment_must_exist(monkeypatch, tmp_path):
         tokenizer.tokenize("a dog", 32)
 
 
-@pytest.mark.parametrize("content", [b"not gzip", gzip.compress(b"#version: 0.2\na b\n")])
+# mtime=0: the gzip header holds the time otherwise, and two xdist workers that collect a
+# second apart would see different test ids (an error that fails the whole run).
+@pytest.mark.parametrize("content", [b"not gzip", gzip.compress(b"#version: 0.2\na b\n", mtime=0)],
+                         ids=["not-gzip", "other-merges"])
 def test_a_vocabulary_that_is_not_clips_is_refused(monkeypatch, tmp_path, content):
     path = tmp_path / "vocab.txt.gz"
     path.write_bytes(content)
