@@ -1,6 +1,7 @@
-"""CPU benchmark runners: the port next to PyTorch eager, torch.compile, ONNX Runtime and the
-traced route (torch.export -> TVM's frontend, same build). Each runner times one configuration
-in its own process, because the frameworks' thread pools disturb each other in one process.
+"""CPU benchmark runners: the port next to PyTorch eager, torch.compile, ONNX Runtime, OpenVINO
+and the traced route (torch.export -> TVM's frontend, same build). Each runner times one
+configuration in its own process, because the frameworks' thread pools disturb each other in one
+process.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from bench.measure import median_seconds
 
 REPO = Path(__file__).resolve().parent.parent
-RUNNERS = ("tvm", "eager", "compile", "onnxruntime", "tvm-torch-export")
+RUNNERS = ("tvm", "eager", "compile", "onnxruntime", "openvino", "tvm-torch-export")
 SMALL_MODEL = "tiny"  # a 2-block custom tower: the smoke test's stand-in for official models
 
 
@@ -65,6 +66,8 @@ def make_runner(runner: str, model: str, batch: int) -> Callable[[], object]:
         return _no_grad(torch.compile(reference), x)
     if runner == "onnxruntime":
         return _onnxruntime(reference, x)
+    if runner == "openvino":
+        return _openvino(reference, x)
     if runner == "tvm-torch-export":
         return _traced_tvm(reference, x)
     raise ValueError(f"unknown runner {runner!r}; one of {RUNNERS}")
@@ -80,18 +83,40 @@ def _no_grad(module, x):
     return run
 
 
-def _onnxruntime(reference, x):
-    import onnxruntime as ort
+def _onnx_file(reference, x) -> Path:
+    """The reference exported to ONNX (the dynamo exporter), the file both ONNX peers run."""
     import torch
 
     path = Path(tempfile.mkdtemp()) / "model.onnx"
     torch.onnx.export(reference, (x,), str(path), dynamo=True, external_data=False)
+    return path
+
+
+def _onnxruntime(reference, x):
+    import onnxruntime as ort
+
+    path = _onnx_file(reference, x)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     feed = {name: x.numpy()}
     return lambda: session.run(None, feed)
+
+
+def _openvino(reference, x):
+    """OpenVINO's CPU plugin on the same ONNX file, held to fp32 (on CPUs with bf16 or AMX it
+    would otherwise compute in bf16), tuned for latency, on every core."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(str(_onnx_file(reference, x)), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "LATENCY",
+    })
+    request = compiled.create_infer_request()
+    data = x.numpy()
+    return lambda: request.infer({0: data})
 
 
 def _traced_tvm(reference, x):

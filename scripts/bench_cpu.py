@@ -22,7 +22,7 @@ from bench.peers import RUNNERS, measure_in_subprocess, model_config  # noqa: E4
 from pe_port.params import forward_flops
 
 DEFAULT_MODELS = ["PE-Core-T16-384", "PE-Core-S16-384", "PE-Core-B16-224", "PE-Spatial-B16-512"]
-PEERS = ("eager", "compile", "onnxruntime")
+PEERS = ("eager", "compile", "onnxruntime", "openvino")
 
 
 def progress(message: str) -> None:
@@ -56,9 +56,23 @@ def main() -> int:
     return 0
 
 
+def cpu_description() -> str:
+    """The CPU's model name, LLVM's name for it and the vector ISA TVM's kernels are tiled for."""
+    from pe_port.build import cpu_target
+    from pe_port.kernels.isa import vector_isa
+
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                     if line.startswith("model name")), name)
+    target = cpu_target()
+    return f"{name} ({target.attrs.get('mcpu', 'generic')}, {vector_isa(target).name})"
+
+
 def print_table(rows, ceiling: dict, runners: list[str]) -> None:
     each = ", ".join(f"{name} {value:.0f}" for name, value in ceiling.get("each", {}).items())
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+    print(f"machine: {cpu_description()}, {os.cpu_count()} CPUs; "
           f"fp32 matmul ceiling {ceiling.get('gflops', float('nan')):.0f} GFLOP/s "
           f"(best 2048^3 matmul of: {each or ceiling.get('skipped', '?')})")
     ceiling = ceiling.get("gflops", float("nan"))

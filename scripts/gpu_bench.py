@@ -52,7 +52,7 @@ def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, de
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
     from bench.backends import VARIANTS
     from bench.peers import model_config
-    from pe_port.backends import CPU, GPU
+    from pe_port.backends import GPU, for_target
     from pe_port.build import build as compile_module
     from pe_port.build import cpu_target, cuda_target, export_tower
     from pe_port.params import forward_flops
@@ -76,7 +76,7 @@ def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, de
                       "softmax-and-cast kernel (docs/porting.md)", flush=True)
                 continue
             started = time.perf_counter()
-            backend = backends.get(ATTENTION_BACKENDS.get(variant), CPU)
+            backend = backends.get(ATTENTION_BACKENDS.get(variant), for_target(target))
             mod, specs = export_tower(config, dtype, (), backend)
             library = libs / f"{model}-{dtype}-{variant}.so"
             executable = compile_module(mod, target)

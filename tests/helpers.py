@@ -37,9 +37,10 @@ def rel_error(actual: np.ndarray, expected) -> float:
 def backend_named(name: str):
     """"cpu" (what users get on this CPU) or a test variant of `bench.backends.VARIANTS`."""
     from bench.backends import VARIANTS
-    from pe_port.backends import CPU
+    from pe_port.backends import for_target
+    from pe_port.build import cpu_target
 
-    return CPU if name == "cpu" else VARIANTS[name]
+    return for_target(cpu_target()) if name == "cpu" else VARIANTS[name]
 
 
 def compile_component(module, inputs: dict, backend: str = "cpu"):

@@ -15,7 +15,6 @@ from pe_port.checkpoint import (
 from pe_port.config import DTYPES, PE_TEXT_CONFIG, get_config
 from pe_port.errors import CheckpointError, UserError, WeightError
 from pe_port.runtime import Encoder
-from pe_port.threads import configure_tvm_threads
 
 
 def stderr_progress(message: str) -> None:
@@ -67,7 +66,6 @@ def load(
     except WeightError as err:
         raise CheckpointError(f"checkpoint {path} does not fit {name}: {err}") from None
     if require_device:
-        configure_tvm_threads()  # before the first kernel: TVM sizes its pool only once
         encoder.device  # noqa: B018  fails before a compile on a machine without the device
         encoder.prepare(feature_variants)
     return encoder

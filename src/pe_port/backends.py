@@ -25,6 +25,7 @@ from tvm.relax.frontend.nn import op
 from pe_port.kernels.attention import cpu_attention, gpu_flash_attention
 from pe_port.kernels.common import NEG_LARGE
 from pe_port.kernels.dense import cpu_dense, gpu_dense
+from pe_port.kernels.isa import AVX2, AVX512, NEON, SSE2, VectorIsa, vector_isa
 from pe_port.kernels.layer_norm import cpu_layer_norm, cpu_layer_norm_fits
 from pe_port.kernels.patches import image_patches
 from pe_port.kernels.schedule_cpu import cpu_rules, schedule_passes
@@ -136,7 +137,8 @@ class Backend:
 
 
 class CpuBackend(Backend):
-    """LLVM targets: the hand-written CPU kernels for float32 (fp16/bf16 take the generic ops).
+    """LLVM targets: the hand-written CPU kernels for float32 (fp16/bf16 take the generic ops),
+    their register tiles sized for the target's vector unit (`isa`: AVX-512, AVX2, NEON, SSE2).
 
     Pipeline: TVM's CPU pipeline, with the dlight rules of `schedule_cpu` after legalization
     and no operator fusion: with `FuseOps`/`FuseTIR`, LLVM compiled the very same dense kernel
@@ -146,10 +148,13 @@ class CpuBackend(Backend):
 
     name = "cpu"
 
+    def __init__(self, isa: VectorIsa = AVX512) -> None:
+        self.isa = isa
+
     def linear(self, x, weight, bias, activation=None, residual=None, gamma=None):
         if x.dtype != "float32":
             return super().linear(x, weight, bias, activation, residual, gamma)
-        return cpu_dense(x, weight, bias, activation, residual, gamma)
+        return cpu_dense(x, weight, bias, activation, residual, gamma, isa=self.isa)
 
     def layer_norm(self, x, weight, bias, eps):
         if x.dtype != "float32" or x.ndim != 3 or not cpu_layer_norm_fits(int(x.shape[-1])):
@@ -160,12 +165,12 @@ class CpuBackend(Backend):
         if x.dtype != "float32":
             return super().project(x, proj)
         # Transposed and packed once, at load: the transform depends on the weight alone.
-        return cpu_dense(x, op.permute_dims(proj), bias=None)
+        return cpu_dense(x, op.permute_dims(proj), bias=None, isa=self.isa)
 
     def attention(self, q, k, v, scale, causal=False):
         if q.dtype != "float32":
             return super().attention(q, k, v, scale, causal)
-        return cpu_attention(q, k, v, scale, causal)
+        return cpu_attention(q, k, v, scale, causal, isa=self.isa)
 
     def patch_embed(self, x, weight, patch):
         if x.dtype != "float32":
@@ -231,14 +236,15 @@ class GpuBackend(Backend):
 
 
 GENERIC = Backend()
-CPU = CpuBackend()
+CPU_BACKENDS = {isa: CpuBackend(isa) for isa in (AVX512, AVX2, NEON, SSE2)}
 GPU = GpuBackend()
 
 
 def for_target(target: tvm.target.Target) -> Backend:
-    """The backend of a target: LLVM -> CPU, CUDA (any GPU target) -> GPU, else generic."""
+    """The backend of a target: LLVM -> CPU (tiled for its vector unit), CUDA (any GPU target)
+    -> GPU, else generic."""
     if target.kind.name == "llvm":
-        return CPU
+        return CPU_BACKENDS[vector_isa(target)]
     if "gpu" in target.keys:
         return GPU
     return GENERIC

@@ -29,6 +29,7 @@ from pe_port.backends import for_target
 from pe_port.config import PEConfig, PETextConfig
 from pe_port.errors import DeviceError, InputError, UserError, WeightError
 from pe_port.preprocess import MEAN, STD, preprocess
+from pe_port.threads import configure_tvm_threads
 
 Progress = Callable[[str], None] | None
 # Texts per call of the text tower: bounded memory for thousands of labels.
@@ -222,8 +223,10 @@ class Encoder:
 
     @property
     def device(self) -> tvm.runtime.Device:
-        """Where the encoder runs; checked on first use (exporting does not need it)."""
+        """Where the encoder runs; checked on first use (exporting does not need it). Sizes
+        TVM's thread pool first (`threads.py`): it is sized once, at the first kernel."""
         if self._device is None:
+            configure_tvm_threads()
             device = for_target(self.target).device(self.target)
             if not device.exist:
                 kind = self.target.kind.name

@@ -12,7 +12,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from pe_port.backends import CPU, GPU
+from pe_port.backends import GPU, for_target
 from pe_port.build import cpu_target, cuda_target, export_tower
 from pe_port.config import custom_config
 from pe_port.kernels.schedule_cpu import UnscheduledKernelWarning, require_scheduled
@@ -24,8 +24,8 @@ CONFIG = custom_config(width=40, heads=2, use_rope2d=True, use_abs_posemb=True)
 
 @functools.cache
 def scheduled(backend_name: str) -> tvm.IRModule:
-    backend, target = {"cpu": (CPU, cpu_target()), "gpu": (GPU, cuda_target("sm_80"))}[
-        backend_name]
+    target = {"cpu": cpu_target(), "gpu": cuda_target("sm_80")}[backend_name]
+    backend = GPU if backend_name == "gpu" else for_target(target)
     mod, _ = export_tower(CONFIG, "float32", (), backend)
     with target, warnings.catch_warnings():
         warnings.simplefilter("error", UnscheduledKernelWarning)  # none in the fp32 build

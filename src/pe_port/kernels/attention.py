@@ -32,10 +32,9 @@ from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
 from pe_port.kernels.common import LOG2E, NEG_LARGE, exp_nonpositive
+from pe_port.kernels.isa import VectorIsa
 from pe_port.kernels.tvmscript import quick_frame_inspection
 
-# CPU: keys per chunk of the attention scores (4 vectors); key storage is padded to a multiple.
-KEY_CHUNK = 64
 # Flash attention: queries per thread block (one per thread) and keys per shared-memory tile.
 QUERY_ROWS = 64
 # 32 keys made ptxas spill at head size 64 (255 registers); 16 need 190 and no spill. At head
@@ -51,15 +50,30 @@ def _visible(key, query, keys, causal: bool):
 
 # ---- CPU --------------------------------------------------------------------------------------
 
-def attention_rows(head_dim: int) -> int:
-    """Query rows per task: the output tile `rows x head_dim` must fit ~24 vector registers."""
-    return max(1, min(6, 24 // max(1, head_dim // 16)))
+def key_chunk(isa: VectorIsa) -> int:
+    """Keys per chunk of the scores: 4 vectors (AVX-512 64, AVX2 32, NEON 16); the packed keys
+    are padded to a multiple."""
+    return 4 * isa.lanes
+
+
+def attention_tile(head_dim: int, isa: VectorIsa) -> tuple[int, int]:
+    """(rows, dcols): query rows per task and output columns per pass over the keys.
+
+    The scores tile `rows x key_chunk` (4 vectors a row) and the output tile `rows x dcols`
+    each fill at most `isa.accumulators` registers: 6 rows on AVX-512 and NEON, 3 on AVX2.
+    `dcols` is the widest divisor of `head_dim` that fits (AVX-512: 64 at head size 64, one
+    pass; AVX2: 32, two passes over the same cached weights).
+    """
+    rows = max(1, min(6, isa.accumulators // 4))
+    widest = max(1, isa.accumulators // rows) * isa.lanes
+    dcols = next(d for d in range(min(widest, head_dim), 0, -1) if head_dim % d == 0)
+    return rows, dcols
 
 
 @functools.cache  # one parse per head shape, not one per call site
 @quick_frame_inspection()
-def make_pack_keys_kernel(heads: int, head_dim: int):
-    """`k [b, s, h, d]` to `[b, h, s_pad / C, d, C]` (C = KEY_CHUNK), zero past `s`.
+def make_pack_keys_kernel(heads: int, head_dim: int, chunk: int):
+    """`k [b, s, h, d]` to `[b, h, s_pad / C, d, C]` (C = `chunk`), zero past `s`.
 
     Each chunk of C keys is one contiguous block, read front to back by the scores loop; with
     keys strided by `s_pad` instead, every head dimension was a separate memory stream.
@@ -74,33 +88,34 @@ def make_pack_keys_kernel(heads: int, head_dim: int):
         n_seq = T.int64()
         chunks = T.int64()
         keys = T.match_buffer(var_k, (n_batch, n_seq, heads, head_dim), "float32")
-        packed = T.match_buffer(var_packed, (n_batch, heads, chunks, head_dim, KEY_CHUNK),
+        packed = T.match_buffer(var_packed, (n_batch, heads, chunks, head_dim, chunk),
                                 "float32")
-        for b, h, c, d, j in T.grid(n_batch, heads, chunks, head_dim, KEY_CHUNK):
+        for b, h, c, d, j in T.grid(n_batch, heads, chunks, head_dim, chunk):
             with T.sblock("pack_keys"):
                 vb, vh, vc, vd, vj = T.axis.remap("SSSSS", [b, h, c, d, j])
                 packed[vb, vh, vc, vd, vj] = T.if_then_else(
-                    vc * KEY_CHUNK + vj < n_seq,
-                    keys[vb, T.min(vc * KEY_CHUNK + vj, n_seq - 1), vh, vd],
+                    vc * chunk + vj < n_seq,
+                    keys[vb, T.min(vc * chunk + vj, n_seq - 1), vh, vd],
                     T.float32(0),
                 )
 
     return pack
 
 
-def pack_keys(k: nn.Tensor) -> nn.Tensor:
+def pack_keys(k: nn.Tensor, chunk: int) -> nn.Tensor:
     """The keys in the chunked layout `cpu_attention` reads (`make_pack_keys_kernel`)."""
     batch, seq, heads, head_dim = k.shape
     heads, head_dim = int(heads), int(head_dim)
-    chunks = (seq + KEY_CHUNK - 1) // KEY_CHUNK
+    chunks = (seq + chunk - 1) // chunk
     return op.tensor_ir_op(
-        make_pack_keys_kernel(heads, head_dim), "pack_keys", args=[k],
-        out=nn.Tensor.placeholder((batch, heads, chunks, head_dim, KEY_CHUNK), "float32"))
+        make_pack_keys_kernel(heads, head_dim, chunk), "pack_keys", args=[k],
+        out=nn.Tensor.placeholder((batch, heads, chunks, head_dim, chunk), "float32"))
 
 
 @functools.cache  # one parse per head shape, scale and mask
 @quick_frame_inspection()
-def make_attention_kernel(heads: int, head_dim: int, scale: float, causal: bool = False):
+def make_attention_kernel(heads: int, head_dim: int, scale: float, causal: bool,
+                          isa: VectorIsa):
     """`softmax(q k^T * scale) v` per head, for `rows` queries of one head per parallel task.
 
     Layout: q and v `[b, s, h, d]` as the RoPE kernel writes them (a head's values are read
@@ -108,18 +123,20 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float, causal: bool 
     `[b, s_q, h * d]` with the heads already merged (a reshape of symbolic shapes would be a
     copy). Queries and keys may differ in number (the attention pool has one query).
     The task's scores row (`rows x s_pad`) stays in cache: scores, then max and exponentials
-    (16 lanes at a time), then the value sum, then one division per output row.
+    (one vector at a time), then the value sum (in `head_dim / dcols` passes), then one
+    division per output element. Tile sizes from the target's vector unit: `attention_tile`.
 
     `causal`: masked scores stay out of the max and become exactly 0 after the exponential
     (the clamped `exp_nonpositive` alone would leave 2e-38); a task stops after the last key
     its rows see, so the masked kernel does about half the work at a full context.
     """
-    rows = attention_rows(head_dim)
-    lanes = 16
+    rows, dcols = attention_tile(head_dim, isa)
+    lanes = isa.lanes
+    per_chunk = key_chunk(isa)  # keys per chunk of the packed layout (`pack_keys`)
 
     def seen_chunks(chunks, r0):
         """The key chunks the task of rows `r0..r0 + rows - 1` reads."""
-        return T.min(chunks, (r0 + rows - 1) // KEY_CHUNK + 1) if causal else chunks
+        return T.min(chunks, (r0 + rows - 1) // per_chunk + 1) if causal else chunks
 
     def seen_keys(keys, r0):
         return T.min(keys, r0 + rows) if causal else keys
@@ -138,7 +155,7 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float, causal: bool 
         keys = T.int64()
         chunks = T.int64()
         q = T.match_buffer(var_q, (batch, seq, heads, head_dim), "float32")
-        kt = T.match_buffer(var_kt, (batch, heads, chunks, head_dim, KEY_CHUNK), "float32")
+        kt = T.match_buffer(var_kt, (batch, heads, chunks, head_dim, per_chunk), "float32")
         v = T.match_buffer(var_v, (batch, keys, heads, head_dim), "float32")
         out = T.match_buffer(var_out, (batch, seq, heads * head_dim), "float32")
         row_tiles = (seq + rows - 1) // rows
@@ -147,40 +164,40 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float, causal: bool 
             b = task // (heads * row_tiles)
             h = task // row_tiles % heads
             r0 = task % row_tiles * rows
-            scores = T.alloc_buffer((rows, chunks * KEY_CHUNK), "float32")
-            tile = T.alloc_buffer((rows, KEY_CHUNK), "float32", scope="local")
-            acc = T.alloc_buffer((rows, head_dim), "float32", scope="local")
+            scores = T.alloc_buffer((rows, chunks * per_chunk), "float32")
+            tile = T.alloc_buffer((rows, per_chunk), "float32", scope="local")
+            acc = T.alloc_buffer((rows, dcols), "float32", scope="local")
             row_max = T.alloc_buffer((rows,), "float32", scope="local")
             row_sum = T.alloc_buffer((rows,), "float32", scope="local")
             for chunk in range(seen_chunks(chunks, r0)):
                 for i in T.unroll(rows):
-                    for j in T.vectorized(KEY_CHUNK):
+                    for j in T.vectorized(per_chunk):
                         tile[i, j] = T.float32(0)
                 for d in range(head_dim):
                     for i in T.unroll(rows):
-                        for j in T.vectorized(KEY_CHUNK):
+                        for j in T.vectorized(per_chunk):
                             tile[i, j] = tile[i, j] + q[b, T.min(r0 + i, seq - 1), h, d] * kt[
                                 b, h, chunk, d, j]
                 for i in T.unroll(rows):
-                    for j in T.vectorized(KEY_CHUNK):
+                    for j in T.vectorized(per_chunk):
                         # Padded keys get a score that vanishes in the softmax (exp < 2e-38).
-                        scores[i, chunk * KEY_CHUNK + j] = T.if_then_else(
-                            _visible(chunk * KEY_CHUNK + j, r0 + i, keys, causal), tile[i, j],
+                        scores[i, chunk * per_chunk + j] = T.if_then_else(
+                            _visible(chunk * per_chunk + j, r0 + i, keys, causal), tile[i, j],
                             T.float32(NEG_LARGE))
             for i in range(rows):
-                # Per row: 16-lane running max and sum in registers, then one horizontal step.
+                # Per row: a vector of running maxima and sums, then one horizontal step.
                 lane_max = T.alloc_buffer((lanes,), "float32", scope="local")
                 lane_sum = T.alloc_buffer((lanes,), "float32", scope="local")
                 for j in T.vectorized(lanes):
                     lane_max[j] = T.float32(NEG_LARGE)
                     lane_sum[j] = T.float32(0)
-                for chunk in range(seen_chunks(chunks, r0) * KEY_CHUNK // lanes):
+                for chunk in range(seen_chunks(chunks, r0) * per_chunk // lanes):
                     for j in T.vectorized(lanes):
                         lane_max[j] = T.max(lane_max[j], scores[i, chunk * lanes + j])
                 row_max[i] = T.float32(NEG_LARGE)
                 for j in range(lanes):
                     row_max[i] = T.max(row_max[i], lane_max[j])
-                for chunk in range(seen_chunks(chunks, r0) * KEY_CHUNK // lanes):
+                for chunk in range(seen_chunks(chunks, r0) * per_chunk // lanes):
                     for j in T.vectorized(lanes):
                         scores[i, chunk * lanes + j] = weight(exp_nonpositive(
                             (scores[i, chunk * lanes + j] - row_max[i]) * T.float32(scale)),
@@ -189,28 +206,32 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float, causal: bool 
                 row_sum[i] = T.float32(0)
                 for j in range(lanes):
                     row_sum[i] = row_sum[i] + lane_sum[j]
-            for i in T.unroll(rows):
-                for d in T.vectorized(head_dim):
-                    acc[i, d] = T.float32(0)
-            for key in range(seen_keys(keys, r0)):
+            for part in range(head_dim // dcols):
                 for i in T.unroll(rows):
-                    for d in T.vectorized(head_dim):
-                        acc[i, d] = acc[i, d] + scores[i, key] * v[b, key, h, d]
-            for i in T.unroll(rows):
-                if r0 + i < seq:
-                    for d in T.vectorized(head_dim):
-                        out[b, r0 + i, h * head_dim + d] = acc[i, d] / row_sum[i]
+                    for d in T.vectorized(dcols):
+                        acc[i, d] = T.float32(0)
+                for key in range(seen_keys(keys, r0)):
+                    for i in T.unroll(rows):
+                        for d in T.vectorized(dcols):
+                            acc[i, d] = acc[i, d] + scores[i, key] * v[b, key, h,
+                                                                       part * dcols + d]
+                for i in T.unroll(rows):
+                    if r0 + i < seq:
+                        for d in T.vectorized(dcols):
+                            out[b, r0 + i, h * head_dim + part * dcols + d] = (
+                                acc[i, d] / row_sum[i])
 
     return attention
 
 
 def cpu_attention(q: nn.Tensor, k: nn.Tensor, v: nn.Tensor, scale: float,
-                  causal: bool = False) -> nn.Tensor:
-    """Fused softmax attention over `[b, s, heads, head_dim]` inputs; `[b, s_q, width]` out."""
+                  causal: bool = False, *, isa: VectorIsa) -> nn.Tensor:
+    """Fused softmax attention over `[b, s, heads, head_dim]` inputs; `[b, s_q, width]` out,
+    tiled for `isa`."""
     batch, seq, heads, head_dim = q.shape
-    kernel = make_attention_kernel(int(heads), int(head_dim), scale, causal)
+    kernel = make_attention_kernel(int(heads), int(head_dim), scale, causal, isa)
     name = "causal_attention" if causal else "attention"
-    return op.tensor_ir_op(kernel, name, args=[q, pack_keys(k), v],
+    return op.tensor_ir_op(kernel, name, args=[q, pack_keys(k, key_chunk(isa)), v],
                            out=nn.Tensor.placeholder((batch, seq, heads * head_dim), "float32"))
 
 

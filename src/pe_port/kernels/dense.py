@@ -4,7 +4,8 @@ TVM's default CPU pipeline leaves every kernel unscheduled (scalar loops, one th
 kernel is written with its schedule in the loop nest itself: a register tile of `rows x cols`
 outputs accumulates over the reduction while LLVM keeps the tile in vector registers, tiles run in
 parallel, and the row count (batch x tokens) stays symbolic. Rows past the end are computed on a
-clamped (valid) input row and never stored, so no branch sits in the inner loop.
+clamped (valid) input row and never stored, so no branch sits in the inner loop. The tile's size
+comes from the target's vector unit (`isa.py`): 6 x 64 on AVX-512, 6 x 16 on AVX2 and NEON.
 
 On the GPU the kernel (`gpu_dense`) is the same computation as a plain loop nest that dlight
 schedules on the tensor cores (`schedule_gpu.py`).
@@ -20,23 +21,30 @@ from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
 from pe_port.kernels.common import exp_nonpositive
+from pe_port.kernels.isa import VectorIsa
 from pe_port.kernels.tvmscript import quick_frame_inspection
 
 
-def dense_tile(n: int) -> tuple[int, int]:
-    """Register tile (rows, cols) for an `n`-column output: 24 or 16 accumulators of 16 lanes."""
-    cols = next(c for c in (64, 32, 16, 8, 4, 2, 1) if n % c == 0)
-    return (6 if cols == 64 else 8), cols
+def dense_tile(n: int, isa: VectorIsa) -> tuple[int, int]:
+    """Register tile (rows, cols) for an `n`-column output on `isa`: as many accumulator
+    registers as the ISA allows (`isa.accumulators`), in rows of 4 vectors where it has 32
+    registers and 2 where it has 16: AVX-512 6 x 64, AVX2 6 x 16, NEON 6 x 16, SSE2 6 x 8.
+    Each step loads a row's vectors of weights and broadcasts one input per row, so 6 rows
+    give each weight load 6 FMAs. A width the tile does not divide takes narrower columns."""
+    full = (4 if isa.registers >= 32 else 2) * isa.lanes
+    cols = next(c for c in (full, full // 2, full // 4, 8, 4, 2, 1) if c and n % c == 0)
+    vectors = max(1, cols // isa.lanes)
+    return min(8, isa.accumulators // vectors), cols
 
 
-def pack_weight(weight: nn.Tensor) -> nn.Tensor:
+def pack_weight(weight: nn.Tensor, isa: VectorIsa) -> nn.Tensor:
     """`[n, k]` (PyTorch's Linear layout) to `[n / cols, k, cols]`: each column tile contiguous.
 
     A pure function of a parameter, so `LiftTransformParams` moves it out of the forward pass:
     it runs once, when the weights are loaded.
     """
     n, k = (int(d) for d in weight.shape)
-    _, cols = dense_tile(n)
+    _, cols = dense_tile(n, isa)
     return op.permute_dims(op.reshape(weight, (n // cols, cols, k)), [0, 2, 1])
 
 
@@ -63,7 +71,8 @@ def _erf(x):
 
 @functools.cache  # one parse per shape, not one per call site
 @quick_frame_inspection()
-def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | None):
+def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | None,
+                      isa: VectorIsa):
     """`out[b, s, n] = epilogue(x[b, s, k] @ w[n, k]^T + bias[n])` on packed `w [n/cols, k, cols]`.
 
     `activation`: None or "gelu". `residual`: None, "add" (`out = res + y`) or "scaled_add"
@@ -72,7 +81,7 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
     around it would cost a copy each time, since TVM cannot prove that a reshape of symbolic
     shapes is free.
     """
-    rows, cols = dense_tile(n)
+    rows, cols = dense_tile(n, isa)
     col_tiles = n // cols
 
     def finish(y, bias, res, gamma, m, c):
@@ -176,16 +185,19 @@ def cpu_dense(
     activation: str | None = None,
     residual: nn.Tensor | None = None,
     gamma: nn.Tensor | None = None,
+    *,
+    isa: VectorIsa,
 ) -> nn.Tensor:
-    """`x @ weight.T + bias`, then GELU or a (LayerScale-scaled) residual add, in one kernel.
+    """`x @ weight.T + bias`, then GELU or a (LayerScale-scaled) residual add, in one kernel
+    tiled for `isa`.
 
     `x` is `[batch, seq, k]` (a `[batch, k]` input is taken as one token per image). No
     `bias` (the patch embedding, the final projection) adds zeros. `gamma` is only used with
     `residual`.
     """
     n = int(weight.shape[0])
-    return _call_dense(lambda k, mode: make_dense_kernel(k, n, activation, mode), "dense",
-                       x, pack_weight(weight), n, bias, residual, gamma, "float32")
+    return _call_dense(lambda k, mode: make_dense_kernel(k, n, activation, mode, isa), "dense",
+                       x, pack_weight(weight, isa), n, bias, residual, gamma, "float32")
 
 
 def _call_dense(kernel_for, name: str, x: nn.Tensor, weight: nn.Tensor, n: int,
