@@ -51,20 +51,20 @@ def _visible(key, query, keys, causal: bool):
 # ---- CPU --------------------------------------------------------------------------------------
 
 def key_chunk(isa: VectorIsa) -> int:
-    """Keys per chunk of the scores: 4 vectors (AVX-512 64, AVX2 32, NEON 16); the packed keys
-    are padded to a multiple."""
-    return 4 * isa.lanes
+    """Keys per chunk of the scores: one row of a register tile (AVX-512 64, AVX2 16, NEON
+    16); the packed keys are padded to a multiple."""
+    return isa.tile_vectors * isa.lanes
 
 
 def attention_tile(head_dim: int, isa: VectorIsa) -> tuple[int, int]:
-    """(rows, dcols): query rows per task and output columns per pass over the keys.
+    """(rows, dcols): query rows per task and output columns per pass over the values.
 
-    The scores tile `rows x key_chunk` (4 vectors a row) and the output tile `rows x dcols`
-    each fill at most `isa.accumulators` registers: 6 rows on AVX-512 and NEON, 3 on AVX2.
-    `dcols` is the widest divisor of `head_dim` that fits (AVX-512: 64 at head size 64, one
-    pass; AVX2: 32, two passes over the same cached weights).
+    The scores tile `rows x key_chunk` and the output tile `rows x dcols` each fill at most
+    `isa.accumulators` registers; 6 rows, so each key or value vector loaded feeds 6 FMAs.
+    `dcols` is the widest divisor of `head_dim` that fits: on AVX-512 a head of 64 in one
+    pass over the values, on AVX2 in four passes of 16 (the scores row stays in L1).
     """
-    rows = max(1, min(6, isa.accumulators // 4))
+    rows = max(1, min(6, isa.accumulators // isa.tile_vectors))
     widest = max(1, isa.accumulators // rows) * isa.lanes
     dcols = next(d for d in range(min(widest, head_dim), 0, -1) if head_dim % d == 0)
     return rows, dcols

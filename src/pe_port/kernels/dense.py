@@ -27,11 +27,11 @@ from pe_port.kernels.tvmscript import quick_frame_inspection
 
 def dense_tile(n: int, isa: VectorIsa) -> tuple[int, int]:
     """Register tile (rows, cols) for an `n`-column output on `isa`: as many accumulator
-    registers as the ISA allows (`isa.accumulators`), in rows of 4 vectors where it has 32
-    registers and 2 where it has 16: AVX-512 6 x 64, AVX2 6 x 16, NEON 6 x 16, SSE2 6 x 8.
+    registers as the ISA allows (`isa.accumulators`), in rows of `isa.tile_vectors` vectors:
+    AVX-512 6 x 64, AVX2 6 x 16, NEON 6 x 16, SSE2 6 x 8.
     Each step loads a row's vectors of weights and broadcasts one input per row, so 6 rows
     give each weight load 6 FMAs. A width the tile does not divide takes narrower columns."""
-    full = (4 if isa.registers >= 32 else 2) * isa.lanes
+    full = isa.tile_vectors * isa.lanes
     cols = next(c for c in (full, full // 2, full // 4, 8, 4, 2, 1) if c and n % c == 0)
     vectors = max(1, cols // isa.lanes)
     return min(8, isa.accumulators // vectors), cols

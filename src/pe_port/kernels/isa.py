@@ -34,6 +34,12 @@ class VectorIsa:
     registers: int  # architectural vector registers
 
     @property
+    def tile_vectors(self) -> int:
+        """Vectors per row of a register tile: 4 with 32 registers, 2 with 16, so that 6 rows
+        of accumulators fit (each loaded operand then feeds 6 FMAs)."""
+        return 4 if self.registers >= 32 else 2
+
+    @property
     def accumulators(self) -> int:
         """Registers a kernel may fill with running sums: three quarters of them, the rest for
         the operands loaded and broadcast at each step (AVX-512: 24, AVX2: 12, NEON: 24)."""
