@@ -15,9 +15,11 @@ import torch
 import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tvm.target import codegen
 
 from pe_port.build import cpu_target
 from pe_port.config import custom_config, get_config
+from pe_port.kernels.isa import vector_isa
 from pe_port.runtime import Encoder
 from tests.helpers import (
     compile_tower,
@@ -189,27 +191,48 @@ def test_generic_graph_matches_reference(batch, grid_h, grid_w, seed):
     assert_close(run(images), reference_forward(ref, images))
 
 
-@pytest.mark.skipif(cpu_target().attrs["mtriple"] != "x86_64-linux-gnu",
-                    reason="the baseline CPU below is x86-64")
+# One LLVM CPU per vector ISA the CPU kernels are tiled for (`pe_port.kernels.isa`).
+X86_ISAS = {"sse2": "x86-64", "avx2": "haswell", "avx512": "skylake-avx512"}
+
+
+def isa_target(mcpu: str) -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+
+
+def runnable_here(isa: str) -> str | None:
+    """Why the `isa` build cannot or need not run on this CPU; None when it should."""
+    host = cpu_target()
+    if host.attrs["mtriple"] != "x86_64-linux-gnu":
+        return "the x86 ISAs run on an x86-64 CPU only"
+    if vector_isa(host).name == isa:
+        return f"{isa} is this CPU's own ISA: every other parity test builds for it"
+    needs = {"sse2": [], "avx2": ["avx2", "fma"], "avx512": ["avx512f"]}[isa]
+    missing = [f for f in needs if not codegen.target_has_features(f, host)]
+    return f"this CPU lacks {', '.join(missing)}" if missing else None
+
+
+@pytest.mark.parametrize("isa", sorted(X86_ISAS))
 @settings(max_examples=4, deadline=None)
 @given(batch=st.integers(1, 2), grid_h=st.integers(1, 5), grid_w=st.integers(1, 5),
        seed=st.integers(0, 2**16))
-def test_cpu_kernels_on_a_baseline_cpu_match_reference(batch, grid_h, grid_w, seed):
-    """The hand-written CPU kernels built for a plain x86-64 (SSE2, no AVX-512), as on a CPU
-    whose name LLVM does not know: the vector widths they assume are split, not required."""
-    ref, tower = baseline_tower()
+def test_cpu_kernels_of_every_x86_isa_match_reference(isa, batch, grid_h, grid_w, seed):
+    """The CPU kernels tiled for each x86 vector ISA (baseline x86-64, AVX2, AVX-512), built
+    for a CPU of that ISA and run wherever this CPU can execute them."""
+    reason = runnable_here(isa)
+    if reason:
+        pytest.skip(reason)
+    ref, tower = isa_tower(X86_ISAS[isa])
+    assert vector_isa(tower.target).name == isa
     patch = tower.config.patch_size
     images = random_images(batch, grid_h * patch, grid_w * patch, seed)
     assert_close(tower(images), reference_forward(ref, images))
 
 
 @functools.cache
-def baseline_tower():
+def isa_tower(mcpu: str):
     cfg = custom_config(**FAMILIES["core"])
     ref = reference_model(cfg, seed=5)
-    baseline = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
-                                  "mcpu": "x86-64"})
-    return ref, Encoder("custom", cfg, baseline, "float32", numpy_weights(ref))
+    return ref, Encoder("custom", cfg, isa_target(mcpu), "float32", numpy_weights(ref))
 
 
 @pytest.mark.slow  # a compile per dtype
