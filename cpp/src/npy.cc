@@ -9,13 +9,32 @@
 namespace pe {
 namespace {
 
+// Bytes of a file as a message may show them: printable ASCII as is, anything else as \xNN,
+// at most 40 characters. A header's bytes are the file's, not text: raw, they could break the
+// terminal (or the UTF-8 a caller decodes the message as).
+std::string Printable(const std::string& bytes) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < bytes.size() && i < 40; ++i) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return bytes.size() > 40 ? out + "..." : out;
+}
+
 // NumPy's name for a dtype description, for messages: '<f8' -> float64.
 std::string DtypeName(const std::string& descr) {
   // An item size of one to three digits (a larger one names no NumPy dtype: shown as written).
-  if (descr.size() < 3 || descr.size() > 5) return descr;
+  if (descr.size() < 3 || descr.size() > 5) return "'" + Printable(descr) + "'";
   int bytes = 0;
   for (size_t i = 2; i < descr.size(); ++i) {
-    if (!std::isdigit(static_cast<unsigned char>(descr[i]))) return descr;
+    if (!std::isdigit(static_cast<unsigned char>(descr[i]))) return "'" + Printable(descr) + "'";
     bytes = bytes * 10 + (descr[i] - '0');
   }
   const std::string bits = std::to_string(bytes * 8);
@@ -26,7 +45,7 @@ std::string DtypeName(const std::string& descr) {
     case 'u': return "uint" + bits + order;
     case 'c': return "complex" + std::to_string(bytes * 16) + order;
     case 'b': return "bool";
-    default: return descr;
+    default: return "'" + Printable(descr) + "'";
   }
 }
 
@@ -62,7 +81,7 @@ class HeaderParser {
         header_.shape = Tuple();
         seen[2] = true;
       } else {
-        Bad("unknown key '" + key + "'");
+        Bad("unknown key '" + Printable(key) + "'");
       }
       if (!Take(',')) {
         Expect('}');

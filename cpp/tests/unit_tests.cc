@@ -109,7 +109,11 @@ void TestNpyHeaderRules(const std::string& dir) {
   CHECK(refused("negative", "{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }",
                 "negative dimension"));
   // An item size past int: named as written, no signed overflow.
-  CHECK(refused("huge", "{'descr': '<f999999999', " + shape, "has dtype <f999999999"));
+  CHECK(refused("huge", "{'descr': '<f999999999', " + shape, "has dtype '<f999999999'"));
+  // Bytes of the file reach a message escaped, never raw.
+  CHECK(refused("byte", "{'descr': '<\xff" "4', " + shape, "has dtype '<\\xff4'"));
+  CHECK(refused("keybyte", "{'descr': '<f4', 'a\x1b[2J': 1, " + shape,
+                "unknown key 'a\\x1b[2J'"));
   // No pixels at all: read without touching the (absent) data.
   const std::string empty = NpyWithHeader(dir, "empty", "{'descr': '<f4', 'fortran_order': "
                                           "False, 'shape': (0, 3, 2, 2), }", 0);

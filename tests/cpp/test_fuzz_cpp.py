@@ -32,7 +32,10 @@ def run_harness(build: Path, kind: str, inputs: list[Path]) -> list[str]:
     for start in range(0, len(inputs), PER_PROCESS):
         chunk = inputs[start:start + PER_PROCESS]
         done = subprocess.run([str(build / "pe_fuzz_inputs"), kind, *map(str, chunk)],
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, timeout=600)
+        # Messages are ASCII: bytes of a file are shown escaped, never raw (strict decoding).
+        done.stdout, done.stderr = done.stdout.decode("ascii"), done.stderr.decode("ascii",
+                                                                                  "replace")
         out = done.stdout.splitlines()
         assert done.returncode == 0, (
             f"exit {done.returncode} after {len(out)} of {len(chunk)} {kind} inputs "
