@@ -1,10 +1,13 @@
-"""The two measurements every benchmark and demo here makes: a median time and a relative error."""
+"""The two measurements every benchmark and demo here makes, a median time and a relative error,
+and the name of the CPU they were made on."""
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -34,3 +37,13 @@ def relative_error(actual, expected) -> float:
     if actual.shape != expected.shape:
         raise ValueError(f"shape {actual.shape} != {expected.shape}")
     return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def cpu_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it, else the machine type."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

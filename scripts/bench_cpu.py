@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ and reference/
 
+from bench.measure import cpu_name  # noqa: E402
 from bench.peers import RUNNERS, measure_in_subprocess, model_config  # noqa: E402
 from pe_port.params import forward_flops
 
@@ -61,13 +61,8 @@ def cpu_description() -> str:
     from pe_port.build import cpu_target
     from pe_port.kernels.isa import vector_isa
 
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        name = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                     if line.startswith("model name")), name)
     target = cpu_target()
-    return f"{name} ({target.attrs.get('mcpu', 'generic')}, {vector_isa(target).name})"
+    return f"{cpu_name()} ({target.attrs.get('mcpu', 'generic')}, {vector_isa(target).name})"
 
 
 def print_table(rows, ceiling: dict, runners: list[str]) -> None:

@@ -24,6 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import cpu_name  # noqa: E402
+
 
 def timed(argv: list[str], env: dict) -> float:
     start = time.perf_counter()
@@ -43,13 +45,6 @@ def checkpoint_for(name: str, folder: Path) -> Path:
     path = folder / f"{name}.safetensors"
     save_file(weights, str(path))
     return path
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def main() -> None:

@@ -148,7 +148,7 @@ class CpuBackend(Backend):
 
     name = "cpu"
 
-    def __init__(self, isa: VectorIsa = AVX512) -> None:
+    def __init__(self, isa: VectorIsa) -> None:
         self.isa = isa
 
     def linear(self, x, weight, bias, activation=None, residual=None, gamma=None):

@@ -31,8 +31,9 @@ def dense_tile(n: int, isa: VectorIsa) -> tuple[int, int]:
     AVX-512 6 x 64, AVX2 6 x 16, NEON 6 x 16, SSE2 6 x 8.
     Each step loads a row's vectors of weights and broadcasts one input per row, so 6 rows
     give each weight load 6 FMAs. A width the tile does not divide takes narrower columns."""
-    full = isa.tile_vectors * isa.lanes
-    cols = next(c for c in (full, full // 2, full // 4, 8, 4, 2, 1) if c and n % c == 0)
+    cols = isa.tile_vectors * isa.lanes  # a power of two: halving it reaches 1
+    while n % cols:
+        cols //= 2
     vectors = max(1, cols // isa.lanes)
     return min(8, isa.accumulators // vectors), cols
 
