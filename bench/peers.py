@@ -2,6 +2,11 @@
 and the traced route (torch.export -> TVM's frontend, same build). Each runner times one
 configuration in its own process, because the frameworks' thread pools disturb each other in one
 process.
+
+A model is a model name for its vision tower, `NAME:text` for the text tower of a PE-Core model
+(the batch is the number of texts, each the full 32-token context), or `NAME:zero-shot` for
+zero-shot classification of one image over `batch` labels: the label texts through the text
+tower, the image through the vision tower, normalised logits and the softmax.
 """
 
 from __future__ import annotations
@@ -20,6 +25,19 @@ from bench.measure import median_seconds
 REPO = Path(__file__).resolve().parent.parent
 RUNNERS = ("tvm", "eager", "compile", "onnxruntime", "openvino", "tvm-torch-export")
 SMALL_MODEL = "tiny"  # a 2-block custom tower: the smoke test's stand-in for official models
+VISION, TEXT, ZERO_SHOT = "vision", "text", "zero-shot"
+# Zero-shot labels as prompts like "a photo of a {label}." tokenise to 7-12 ids with start and end.
+LABEL_LENGTHS = (7, 13)
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """`"PE-Core-B16-224:text"` -> `("PE-Core-B16-224", "text")`; a bare name is the vision
+    tower."""
+    name, _, part = model.partition(":")
+    part = part or VISION
+    if part not in (VISION, TEXT, ZERO_SHOT):
+        raise ValueError(f"unknown tower {part!r} in {model!r}; one of {TEXT}, {ZERO_SHOT}")
+    return name, part
 
 
 def model_config(name: str):
@@ -28,6 +46,14 @@ def model_config(name: str):
     if name == SMALL_MODEL:
         return custom_config(width=64, heads=1, layers=2, image_size=64, patch_size=16)
     return get_config(name)
+
+
+def text_model_config(name: str):
+    from pe_port.config import custom_text_config, text_config
+
+    if name == SMALL_MODEL:
+        return custom_text_config(context_length=32, vocab_size=512)
+    return text_config(name)
 
 
 def _reference(config):
@@ -45,8 +71,85 @@ def _images(config, batch: int) -> np.ndarray:
     return rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
 
 
+def _text_reference(config):
+    from reference import TextTransformer, randomize_
+
+    return randomize_(TextTransformer(**config.as_kwargs()), seed=0).eval()
+
+
+def text_ids(config, batch: int, lengths: tuple[int, int] | None = None) -> np.ndarray:
+    """Token ids `(batch, context)` as the tokenizer lays them out: start id, random word ids, end
+    id (the largest id, where the tower pools), zero padding. Every row fills the context unless
+    `lengths` gives the range its lengths are drawn from."""
+    rng = np.random.default_rng(0)
+    context, vocab = config.context_length, config.vocab_size
+    sizes = rng.integers(*lengths, batch) if lengths else np.full(batch, context)
+    ids = np.zeros((batch, context), np.int64)
+    for row, size in enumerate(sizes):
+        ids[row, 0] = vocab - 2
+        ids[row, 1:size - 1] = rng.integers(1, vocab - 2, size - 2)
+        ids[row, size - 1] = vocab - 1
+    return ids
+
+
 def make_runner(runner: str, model: str, batch: int) -> Callable[[], object]:
     """A zero-argument function that runs one forward pass of `model` at `batch`."""
+    name, tower = split_model(model)
+    if tower == TEXT:
+        config = text_model_config(name)
+        return _make_text_runner(runner, name, config, text_ids(config, batch))
+    if tower == ZERO_SHOT:
+        return _make_zero_shot_runner(runner, name, batch)
+    return _make_vision_runner(runner, model, batch)
+
+
+def _make_zero_shot_runner(runner: str, name: str, labels: int) -> Callable[[], np.ndarray]:
+    """One image against `labels` label texts: both towers, then the softmax over labels (the
+    logit scale is a constant: it costs the same everywhere)."""
+    config = text_model_config(name)
+    embed_labels = _make_text_runner(runner, name, config, text_ids(config, labels,
+                                                                     LABEL_LENGTHS))
+    embed_image = _make_vision_runner(runner, name, 1)
+
+    def run() -> np.ndarray:
+        texts, image = _unit_rows(embed_labels()), _unit_rows(embed_image())
+        logits = 100.0 * image @ texts.T
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    return run
+
+
+def _unit_rows(output) -> np.ndarray:
+    """A runner's output (tensor, array, ONNX Runtime list, OpenVINO result) as unit rows."""
+    if isinstance(output, (list, tuple)):
+        output = output[0]
+    elif hasattr(output, "to_tuple"):  # OpenVINO's OVDict
+        output = output.to_tuple()[0]
+    array = np.asarray(output.numpy() if hasattr(output, "numpy") else output, np.float32)
+    return array / np.linalg.norm(array, axis=1, keepdims=True)
+
+
+def _make_text_runner(runner: str, name: str, config, ids: np.ndarray) -> Callable[[], object]:
+    import torch
+
+    reference = _text_reference(config)
+    if runner == "tvm":
+        import tvm
+
+        from pe_port.build import cpu_target
+        from pe_port.runtime import TextTower
+        from pe_port.threads import configure_tvm_threads
+
+        configure_tvm_threads()
+        weights = {k: v.numpy() for k, v in reference.state_dict().items()}
+        tower = TextTower(name, config, cpu_target(), "float32", weights)
+        device = tvm.cpu()
+        return lambda: tower(ids, device)
+    return _make_torch_runner(runner, reference, torch.from_numpy(ids))
+
+
+def _make_vision_runner(runner: str, model: str, batch: int) -> Callable[[], object]:
     import torch
 
     config = model_config(model)
@@ -59,7 +162,13 @@ def make_runner(runner: str, model: str, batch: int) -> Callable[[], object]:
         weights = {k: v.numpy() for k, v in reference.state_dict().items()}
         encoder = Encoder(model, config, cpu_target(), "float32", weights).prepare()
         return lambda: encoder(images)
-    x = torch.from_numpy(images)
+    return _make_torch_runner(runner, reference, torch.from_numpy(images))
+
+
+def _make_torch_runner(runner: str, reference, x) -> Callable[[], object]:
+    """`reference` on input `x` the way each peer runs a PyTorch module."""
+    import torch
+
     if runner == "eager":
         return _no_grad(reference, x)
     if runner == "compile":

@@ -4,8 +4,11 @@ traced route (torch.export -> TVM frontend, same build), fp32, each in its own p
 
     .venv/bin/python scripts/bench_cpu.py [--models M ...] [--batches 1 8] [--repeats 5]
 
-Prints one table: model, batch, ms per runner, ratio of TVM to the best peer (> 1: TVM is
-faster), TVM's GFLOP/s and its share of the fp32 matmul ceiling measured in the same run.
+A model is a vision tower by name, `NAME:text` for a PE-Core text tower (batch = texts of 32
+tokens) or `NAME:zero-shot` (one image against batch labels; bench/peers.py). Prints one table:
+model, batch, ms per runner, ratio of TVM to the best peer (> 1: TVM is faster), TVM's GFLOP/s
+and its share of the fp32 matmul ceiling measured in the same run (not for zero-shot, whose
+label lengths vary).
 """
 
 from __future__ import annotations
@@ -18,8 +21,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ and reference/
 
 from bench.measure import cpu_name  # noqa: E402
-from bench.peers import RUNNERS, measure_in_subprocess, model_config  # noqa: E402
-from pe_port.params import forward_flops
+from bench.peers import (  # noqa: E402
+    RUNNERS,
+    TEXT,
+    VISION,
+    measure_in_subprocess,
+    model_config,
+    split_model,
+    text_model_config,
+)
+from pe_port.params import forward_flops, text_forward_flops  # noqa: E402
 
 DEFAULT_MODELS = ["PE-Core-T16-384", "PE-Core-S16-384", "PE-Core-B16-224", "PE-Spatial-B16-512"]
 PEERS = ("eager", "compile", "onnxruntime", "openvino")
@@ -65,6 +76,18 @@ def cpu_description() -> str:
     return f"{cpu_name()} ({target.attrs.get('mcpu', 'generic')}, {vector_isa(target).name})"
 
 
+def model_flops(model: str, batch: int) -> int | None:
+    """FLOPs of one timed run of `model` (None for zero-shot)."""
+    name, tower = split_model(model)
+    if tower == VISION:
+        cfg = model_config(name)
+        return forward_flops(cfg, batch, cfg.image_size, cfg.image_size)
+    if tower == TEXT:
+        cfg = text_model_config(name)
+        return text_forward_flops(cfg, batch, cfg.context_length)
+    return None
+
+
 def print_table(rows, ceiling: dict, runners: list[str]) -> None:
     each = ", ".join(f"{name} {value:.0f}" for name, value in ceiling.get("each", {}).items())
     print(f"machine: {cpu_description()}, {os.cpu_count()} CPUs; "
@@ -82,11 +105,13 @@ def print_table(rows, ceiling: dict, runners: list[str]) -> None:
             cells.append(f"{result['ms']:.1f}" if "ms" in result else "skipped")
         tvm_ms = times.get("tvm", {}).get("ms")
         peers = [times[p]["ms"] for p in PEERS if p in times and "ms" in times[p]]
-        if tvm_ms and peers:
-            cfg = model_config(model)
-            gflops = forward_flops(cfg, batch, cfg.image_size, cfg.image_size) / tvm_ms / 1e6
+        flops = model_flops(model, batch)
+        if tvm_ms and peers and flops:
+            gflops = flops / tvm_ms / 1e6
             cells += [f"{min(peers) / tvm_ms:.2f}x", f"{gflops:.0f}",
                       f"{100 * gflops / ceiling:.0f}%"]
+        elif tvm_ms and peers:
+            cells += [f"{min(peers) / tvm_ms:.2f}x", "-", "-"]
         else:
             cells += ["-", "-", "-"]
         print("| " + " | ".join(cells) + " |")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pe_port.config import PEConfig
+from pe_port.config import PEConfig, PETextConfig
 
 
 def parameter_count(config: PEConfig) -> int:
@@ -39,3 +39,12 @@ def forward_flops(config: PEConfig, batch: int, height: int, width: int) -> int:
     if config.output_dim is not None:
         flops += 2 * w * config.output_dim
     return batch * flops
+
+
+def text_forward_flops(config: PETextConfig, batch: int, seq: int) -> int:
+    """Multiply-add FLOPs of the text tower's `forward` on `batch` texts of `seq` tokens: the
+    matmuls and the full (unmasked) attention products, and the projection of the pooled row."""
+    w = config.width
+    mlp = int(w * config.mlp_ratio)
+    per_block = 2 * seq * w * (3 * w + w + 2 * mlp) + 4 * seq * seq * w
+    return batch * (config.layers * per_block + 2 * w * config.output_dim)
