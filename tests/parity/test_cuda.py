@@ -20,8 +20,8 @@ import pytest
 import tvm
 
 from bench.backends import UnfusedAttentionGpuBackend
-from pe_port.build import build, build_tower, cuda_target, export_tower
-from pe_port.config import custom_config
+from pe_port.build import build, build_text_tower, build_tower, cuda_target, export_tower
+from pe_port.config import custom_config, custom_text_config
 from pe_port.kernels.attention import make_flash_attention_kernel
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
@@ -62,6 +62,22 @@ def test_tower_cross_compiles_and_exports_for_cuda(dtype, arch, tmp_path):
     built_tower(dtype, arch).export_library(str(library))
     assert library.stat().st_size > 0
     assert "flash_attention" in cuda_source(built_tower(dtype, arch))
+
+
+@needs_nvcc
+def test_text_tower_cross_compiles_for_cuda_with_causal_flash_attention(tmp_path):
+    """The PE-Core text tower builds for CUDA like the vision tower, its attention the causal
+    flash kernel (whose arithmetic test_text_modules.py checks, emulated). fp32 only: seconds
+    here, where a half-precision build parses TVM's tensor intrinsics for minutes."""
+    config = custom_text_config(context_length=32, width=128, heads=2, output_dim=64,
+                                vocab_size=512)
+    executable = build_text_tower(config, "float32", cuda_target("sm_90"))
+    library = tmp_path / "text_tower.so"
+    executable.export_library(str(library))
+    assert library.stat().st_size > 0
+    kernels = set(re.findall(r"void __launch_bounds__\(\d+\) (\w+)\(", cuda_source(executable)))
+    assert "causal_flash_attention_kernel" in kernels
+    assert "flash_attention_kernel" not in kernels, "a text block attends without its mask"
 
 
 @needs_nvcc
