@@ -4,20 +4,24 @@
     python scripts/gpu_bench.py build --libs D   # compile the towers for CUDA (no GPU needed)
     python scripts/gpu_bench.py run --libs D     # on the GPU machine: TVM's runtime suffices
 
-Two phases because a GPU machine may carry only TVM's runtime: `build` compiles each model and
-dtype (and `--attention` variant) into `D/<model>-<dtype>-<attention>.so` with a manifest
-(config, parameter order, FLOPs); `run` loads them, builds the PyTorch reference with random
-weights on the same GPU, and for each model and dtype checks parity (fp32: relative error
-<= 1e-4 against PyTorch fp32; fp16/bf16: at most twice PyTorch's own error in that dtype, never
-below two units of roundoff: the measure the parity suite uses), then times every
+Two phases because a GPU machine may carry only TVM's runtime: `build` compiles each model's
+towers (`--towers`: the vision tower, and the text tower where the model has one, PE-Core) per
+dtype (and `--attention` variant) into `D/<model>[-text]-<dtype>-<attention>.so` with a
+manifest (config, parameter order, FLOPs); `run` loads them, builds the PyTorch reference with
+random weights on the same GPU, and for each tower and dtype checks parity (fp32: relative
+error <= 1e-4 against PyTorch fp32; fp16/bf16: at most twice PyTorch's own error in that dtype,
+never below two units of roundoff: the measure the parity suite uses), then times every
 runner at every batch in the same process and prints one table last, with the GPU's fp16 matmul
-ceiling measured in the same run. `run` imports neither `pe_port` nor TVM's compiler.
+ceiling measured in the same run. A text tower's rows are `<model>:text`, its batch a number of
+texts filling the context (32 tokens: start id, random word ids, end id last, where the tower
+pools). `run` imports neither `pe_port` nor TVM's compiler.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import statistics
@@ -25,7 +29,9 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["PE-Core-B16-224", "PE-Core-L14-336", "PE-Spatial-B16-512"]
@@ -33,7 +39,12 @@ DTYPES = ["float16", "bfloat16"]
 DTYPE_ORDER = ["float32", "float16", "bfloat16"]
 BATCHES = [1, 8, 64]
 RUNNERS = ["tvm", "eager", "compile", "tensorrt"]
+VISION, TEXT = "vision", "text"
+TOWERS = [VISION, TEXT]  # a model's text tower is built where it has one (PE-Core)
 PARITY_BATCH = 2
+# A text is one pooled row: more of them than images make the half-precision error a steadier
+# measure, at no cost worth counting (32 tokens each).
+TEXT_PARITY_BATCH = 8
 FP32_TOLERANCE = 1e-4
 # TVM's nvcc flags for a cubin (`tvm.support.nvcc.compile_cuda`, as it ran here for sm_90).
 NVCC_FLAGS = ["--cubin", "-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
@@ -48,16 +59,10 @@ ATTENTION_BACKENDS = {"flash": "gpu", "unfused": "gpu_unfused"}
 
 
 def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, device: str,
-          attention: list[str]) -> None:
+          attention: list[str], towers: list[str] = TOWERS) -> None:
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
-    from bench.backends import VARIANTS
-    from bench.peers import model_config
-    from pe_port.backends import GPU, for_target
     from pe_port.build import build as compile_module
-    from pe_port.build import cpu_target, cuda_target, export_tower
-    from pe_port.params import forward_flops
-
-    backends = {"gpu": GPU, "gpu_unfused": VARIANTS["gpu_unfused"]}
+    from pe_port.build import cpu_target, cuda_target
 
     target = cuda_target(arch) if device == "cuda" else cpu_target()
     libs.mkdir(parents=True, exist_ok=True)
@@ -67,18 +72,19 @@ def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, de
         kept = json.loads(previous.read_text())
         if (kept["device"], kept["target"]) == (manifest["device"], manifest["target"]):
             manifest["towers"] = kept["towers"]
-    for model in models:
-        config = model_config(model)
-        variants = attention if device == "cuda" else ["cpu"]  # the CPU has its own kernels
+    variants = attention if device == "cuda" else ["cpu"]  # the CPU has its own kernels
+    for model, tower in itertools.product(models, towers):
+        if tower == TEXT and not has_text_tower(model):
+            print(f"skipped {model} text: only PE-Core models have a text tower", flush=True)
+            continue
         for dtype, variant in itertools.product(dtypes, variants):
             if variant == "unfused":
                 print(f"skipped {model} {dtype} unfused: no dlight rule schedules its "
                       "softmax-and-cast kernel (docs/porting.md)", flush=True)
                 continue
             started = time.perf_counter()
-            backend = backends.get(ATTENTION_BACKENDS.get(variant), for_target(target))
-            mod, specs = export_tower(config, dtype, (), backend)
-            library = libs / f"{model}-{dtype}-{variant}.so"
+            mod, specs, fields = export_for(model, tower, dtype, backend_for(variant, target))
+            library = libs / library_name(model, tower, dtype, variant)
             executable = compile_module(mod, target)
             executable.export_library(str(library))
             cubins = (save_cuda_sources(executable, libs, library.stem) if device == "cuda"
@@ -87,16 +93,74 @@ def build(libs: Path, models: list[str], dtypes: list[str], arch: str | None, de
             manifest["towers"] = [t for t in manifest["towers"]
                                   if t["library"] != library.name]
             manifest["towers"].append({
-                "model": model, "dtype": dtype, "attention": variant, "library": library.name,
-                "config": config.as_kwargs(), "image_size": config.image_size,
-                "params": [name for name, _ in specs],
-                "flops_per_image": forward_flops(config, 1, config.image_size,
-                                                 config.image_size),
-                "cubins": cubins,
-            })
-    manifest["towers"].sort(key=lambda t: (t["model"], DTYPE_ORDER.index(t["dtype"]),
-                                          t["attention"]))
+                "model": model, "tower": tower, "dtype": dtype, "attention": variant,
+                "library": library.name, "params": [name for name, _ in specs],
+                "cubins": cubins, **fields})
+    manifest["towers"].sort(key=lambda t: (t["model"], tower_of(t),
+                                          DTYPE_ORDER.index(t["dtype"]), t["attention"]))
     (libs / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def has_text_tower(model: str) -> bool:
+    from bench.peers import text_model_config
+    from pe_port.errors import ConfigError
+
+    try:
+        text_model_config(model)
+    except ConfigError:
+        return False
+    return True
+
+
+def backend_for(variant: str, target):
+    """The ops backend of an attention variant ("cpu": the target's own)."""
+    from bench.backends import VARIANTS
+    from pe_port.backends import GPU, for_target
+
+    backends = {"gpu": GPU, "gpu_unfused": VARIANTS["gpu_unfused"]}
+    return backends.get(ATTENTION_BACKENDS.get(variant), for_target(target))
+
+
+def export_for(model: str, tower: str, dtype: str, backend) -> tuple:
+    """The Relax module of one tower of `model`, its parameters, and what the manifest records
+    for `run`: the reference's constructor arguments, the input's size, FLOPs per input (one
+    image, or one text of the full context)."""
+    from bench.peers import model_config, text_model_config
+    from pe_port.build import export_text_tower, export_tower
+    from pe_port.params import forward_flops
+
+    if tower == TEXT:
+        config = text_model_config(model)
+        mod, specs = export_text_tower(config, dtype, backend)
+        return mod, specs, text_manifest_fields(config)
+    config = model_config(model)
+    mod, specs = export_tower(config, dtype, (), backend)
+    return mod, specs, {
+        "config": config.as_kwargs(), "image_size": config.image_size,
+        "flops_per_input": forward_flops(config, 1, config.image_size, config.image_size)}
+
+
+def text_manifest_fields(config) -> dict:
+    """A text tower's manifest fields: FLOPs per text of the full context (what `run` feeds)."""
+    from pe_port.params import text_forward_flops
+
+    return {"config": config.as_kwargs(), "context_length": config.context_length,
+            "flops_per_input": text_forward_flops(config, 1, config.context_length)}
+
+
+def library_name(model: str, tower: str, dtype: str, variant: str) -> str:
+    """Vision libraries keep the names of earlier runs; a text tower's says so."""
+    part = "" if tower == VISION else f"-{tower}"
+    return f"{model}{part}-{dtype}-{variant}.so"
+
+
+def tower_of(entry: dict) -> str:
+    """A manifest entry's tower (manifests before the text tower hold vision towers only)."""
+    return entry.get("tower", VISION)
+
+
+def flops_per_input(entry: dict) -> int:
+    return entry.get("flops_per_input", entry.get("flops_per_image"))
 
 
 def cuda_sources(executable) -> list[str]:
@@ -143,12 +207,11 @@ def precompile_cubins(libs: Path) -> None:
     manifest = json.loads((libs / "manifest.json").read_text())
     arch = manifest_arch(manifest)
     jobs = []
-    for tower in manifest["towers"]:
-        for entry in tower.get("cubins", []):
-            cubin = libs / entry["file"]
-            source = cuda_source_dir(libs) / cubin.with_suffix(".cu").name
-            if not cubin.is_file() and source.is_file():
-                jobs.append((source, cubin))
+    for cubins in cubins_by_source(manifest["towers"], libs).values():
+        saved = [(source, cubin) for cubin in cubins
+                 if (source := cuda_source_dir(libs) / cubin.with_suffix(".cu").name).is_file()]
+        if saved and not any(cubin.is_file() for cubin in cubins):
+            jobs.append(saved[0])
 
     def compile_one(job) -> str:
         source, cubin = job
@@ -159,6 +222,16 @@ def precompile_cubins(libs: Path) -> None:
     with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
         for line in pool.map(compile_one, jobs):
             print(line, flush=True)
+
+
+def cubins_by_source(towers: list[dict], libs: Path) -> dict[str, list[Path]]:
+    """The cubin files of the towers' CUDA modules by the SHA-256 of their source: libraries
+    with the same kernels (the text towers of B16 and L14 are one config) need one compile."""
+    cubins: dict[str, list[Path]] = {}
+    for tower in towers:
+        for entry in tower.get("cubins", []):
+            cubins.setdefault(entry["sha256"], []).append(libs / entry["file"])
+    return cubins
 
 
 def nvcc_cubin(source: Path, cubin: Path, arch: str) -> None:
@@ -207,7 +280,8 @@ def relative_error(actual, expected) -> float:
 
 
 def tvm_runner(tower: dict, libs: Path, device: str, state: dict, torch_dtype):
-    """A function `images -> output` running the exported tower on `device`."""
+    """A function `input -> output` (images or token ids) running the exported tower on
+    `device`."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
@@ -220,8 +294,8 @@ def tvm_runner(tower: dict, libs: Path, device: str, state: dict, torch_dtype):
     weights = vm["forward_transform_params"](params)
     forward = vm["forward"]
 
-    def run(images):
-        return forward(tvm.runtime.from_dlpack(images), *weights)
+    def run(x):
+        return forward(tvm.runtime.from_dlpack(x), *weights)
 
     return run, dev.sync
 
@@ -255,13 +329,14 @@ def install_cubin_cache(tvm, libs: Path, towers: list[dict], arch: str) -> None:
 
     import tvm_ffi
 
-    cubins = {c["sha256"]: libs / c["file"] for t in towers for c in t.get("cubins", [])}
+    cubins = cubins_by_source(towers, libs)
 
     @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
     def compile_or_reuse(code):
-        cubin = cubins.get(hashlib.sha256(code.encode()).hexdigest())
-        if cubin is not None and cubin.is_file():
-            return bytearray(cubin.read_bytes())
+        made = [c for c in cubins.get(hashlib.sha256(code.encode()).hexdigest(), [])
+                if c.is_file()]
+        if made:
+            return bytearray(made[0].read_bytes())
         print(f"no prebuilt cubin for {len(code)} bytes of CUDA: nvcc here", flush=True)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
@@ -272,8 +347,9 @@ def install_cubin_cache(tvm, libs: Path, towers: list[dict], arch: str) -> None:
             return bytearray(binary.read_bytes())
 
 
-def tensorrt_runner(reference, images, dtype: str):
-    """TensorRT through ONNX, or the reason it cannot run here."""
+def tensorrt_runner(reference, x, dtype: str):
+    """TensorRT through ONNX on input `x` (images or token ids), or the reason it cannot run
+    here."""
     try:
         import tensorrt as trt
     except ImportError:
@@ -284,7 +360,7 @@ def tensorrt_runner(reference, images, dtype: str):
 
     buffer = io.BytesIO()
     # A float copy: `.float()` converts in place, and the caller times the shared reference.
-    torch.onnx.export(copy.deepcopy(reference).float(), (images.float(),), buffer, dynamo=True)
+    torch.onnx.export(copy.deepcopy(reference).float(), (as_float(x),), buffer, dynamo=True)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -298,27 +374,31 @@ def tensorrt_runner(reference, images, dtype: str):
     context = engine.create_execution_context()
     out_name = engine.get_tensor_name(engine.num_io_tensors - 1)
     output = torch.empty(tuple(context.get_tensor_shape(out_name)), device="cuda")
-    inputs = images.float().contiguous()
+    inputs = as_float(x).contiguous()
     context.set_tensor_address(engine.get_tensor_name(0), inputs.data_ptr())
     context.set_tensor_address(out_name, output.data_ptr())
     stream = torch.cuda.current_stream().cuda_stream
     return (lambda _: context.execute_async_v3(stream)), None
 
 
+def as_float(x):
+    """Images in fp32 (TensorRT builds from the fp32 graph); token ids as they are."""
+    return x.float() if x.is_floating_point() else x
+
+
 def run(libs: Path, models: list[str], dtypes: list[str], batches: list[int],
         runners: list[str], repeats: int, device: str, compile_mode: str,
-        results: Path | None) -> int:
+        results: Path | None, towers: list[str] = TOWERS) -> int:
     """Parity and timings, TVM first (its rows are written before the peers are timed, so a
     call cut short by its time limit still returns them; `table` merges the two writes)."""
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from reference import VisionTransformer, randomize_
-
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 parity against true fp32
     torch.backends.cudnn.allow_tf32 = False
     manifest = json.loads((libs / "manifest.json").read_text())
-    chosen = [t for t in manifest["towers"] if t["model"] in models and t["dtype"] in dtypes]
+    chosen = [t for t in manifest["towers"]
+              if t["model"] in models and t["dtype"] in dtypes and tower_of(t) in towers]
     sync = sync_for(torch, device)
     if device == "cuda" and "tvm" in runners:
         import tvm
@@ -337,39 +417,36 @@ def run(libs: Path, models: list[str], dtypes: list[str], batches: list[int],
             with results.open("a") as out:
                 out.write(json.dumps(row) + "\n")
 
-    for (model, dtype), towers in itertools.groupby(chosen, lambda t: (t["model"], t["dtype"])):
-        towers = list(towers)
+    groups = itertools.groupby(chosen, lambda t: (t["model"], tower_of(t), t["dtype"]))
+    for (model, tower_kind, dtype), towers_here in groups:
+        towers_here = list(towers_here)
         started = time.perf_counter()
         torch_dtype = getattr(torch, dtype)
-        reference = randomize_(VisionTransformer(**towers[0]["config"]), seed=0)
-        reference = reference.eval().to(device)
-        half = copy.deepcopy(reference).to(torch_dtype)  # what eager, compile, TensorRT run
-        size = towers[0]["image_size"]
-        generator = torch.Generator().manual_seed(0)
-        images = (torch.rand(PARITY_BATCH, 3, size, size, generator=generator) * 2 - 1)
-        inputs = {batch: (torch.rand(batch, 3, size, size, generator=generator) * 2 - 1)
-                  .to(device=device, dtype=torch_dtype) for batch in batches}
+        work = workload(torch, towers_here[0], device, torch_dtype, batches)
+        half = copy.deepcopy(work.reference).to(torch_dtype)  # what eager, compile, TRT run
+        label = model if tower_kind == VISION else f"{model}:{tower_kind}"
         base = {tower["attention"]: {
-            "model": model, "dtype": dtype, "attention": tower["attention"],
-            "ceiling_tflops": ceiling, "device": machine} for tower in towers}
-        for tower in towers if "tvm" in runners else []:  # one per attention variant
+            "model": label, "dtype": dtype, "attention": tower["attention"],
+            "ceiling_tflops": ceiling, "device": machine} for tower in towers_here}
+        for tower in towers_here if "tvm" in runners else []:  # one per attention variant
             try:
-                tvm_forward, tvm_sync = tvm_runner(tower, libs, device, reference.state_dict(),
-                                                   torch_dtype)
+                tvm_forward, tvm_sync = tvm_runner(tower, libs, device,
+                                                   work.reference.state_dict(), torch_dtype)
                 with torch.no_grad():
-                    error, limit = parity(reference, half, tvm_forward, images.to(device))
+                    error, limit = parity(work, half, tvm_forward)
                 status = "ok" if error <= limit else "FAIL"
-                print(f"{model} {dtype} {tower['attention']} attention: parity {error:.2e} "
+                print(f"{label} {dtype} {tower['attention']} attention: parity {error:.2e} "
                       f"(limit {limit:.2e}) {status}", flush=True)
                 base[tower["attention"]].update(parity=status, parity_error=error,
                                                 parity_limit=limit)
                 for batch in batches:
                     emit({**base[tower["attention"]], "batch": batch,
-                          "gflop": batch * tower["flops_per_image"] / 1e9,
-                          "tvm": median_ms(tvm_forward, inputs[batch], tvm_sync, repeats)})
+                          "gflop": batch * flops_per_input(tower) / 1e9,
+                          "tvm": median_ms(tvm_forward, work.for_tvm(work.inputs[batch]),
+                                           tvm_sync, repeats)})
             except Exception:  # noqa: BLE001 - report it and go on with the other towers
                 status = "FAIL"
-                print(f"{model} {dtype} {tower['attention']} attention: TVM failed\n"
+                print(f"{label} {dtype} {tower['attention']} attention: TVM failed\n"
                       f"{traceback.format_exc()}", flush=True)
                 base[tower["attention"]].update(parity="error")
             failures += status == "FAIL"
@@ -377,18 +454,81 @@ def run(libs: Path, models: list[str], dtypes: list[str], batches: list[int],
             compiled = torch.compile(half, mode=compile_mode) if "compile" in runners else None
             with torch.no_grad():
                 for batch in batches:
-                    peers = time_peers(runners, inputs[batch], half, compiled, sync, repeats,
-                                       device)
-                    for tower in towers:
+                    peers = time_peers(runners, work.inputs[batch], half, compiled, sync,
+                                       repeats, device)
+                    for tower in towers_here:
                         key = row_key({**base[tower["attention"]], "batch": batch})
                         emit({**rows.get(key, base[tower["attention"]]), "batch": batch,
-                              "gflop": batch * tower["flops_per_image"] / 1e9, **peers})
-        print(f"{model} {dtype}: {time.perf_counter() - started:.0f} s", flush=True)
-        del reference, half
+                              "gflop": batch * flops_per_input(tower) / 1e9, **peers})
+        print(f"{label} {dtype}: {time.perf_counter() - started:.0f} s", flush=True)
+        del work, half
         if device == "cuda":
             torch.cuda.empty_cache()
     print_table(list(rows.values()))
     return 1 if failures else 0
+
+
+@dataclasses.dataclass
+class Workload:
+    """One tower's PyTorch fp32 reference (random weights, seed 0) and inputs: `parity_input`
+    as the reference takes it, `inputs[batch]` for the timings as the PyTorch runners in the
+    tower's dtype take them (`for_dtype` makes one such from the other), and `for_tvm`, which
+    turns either into what the TVM library takes."""
+
+    reference: Any
+    parity_input: Any
+    inputs: dict[int, Any]
+    for_dtype: Callable
+    for_tvm: Callable
+
+
+def workload(torch, tower: dict, device: str, torch_dtype, batches: list[int]) -> Workload:
+    if tower_of(tower) == TEXT:
+        return text_workload(torch, tower["config"], device, batches)
+    return vision_workload(torch, tower, device, torch_dtype, batches)
+
+
+def vision_workload(torch, tower: dict, device: str, torch_dtype,
+                    batches: list[int]) -> Workload:
+    """Images in [-1, 1]; the runners in the tower's dtype take them rounded to it."""
+    from reference import VisionTransformer, randomize_
+
+    reference = randomize_(VisionTransformer(**tower["config"]), seed=0).eval().to(device)
+    size = tower["image_size"]
+    generator = torch.Generator().manual_seed(0)
+
+    def images(batch: int):
+        return torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+
+    def rounded(x):
+        return x.to(torch_dtype).contiguous()
+
+    parity_images = images(PARITY_BATCH).to(device)
+    inputs = {b: images(b).to(device=device, dtype=torch_dtype) for b in batches}
+    return Workload(reference, parity_images, inputs, rounded, rounded)
+
+
+def text_workload(torch, config: dict, device: str, batches: list[int]) -> Workload:
+    """Full-context token ids: int64 for PyTorch in every dtype, int32 for TVM."""
+    from reference import TextTransformer, randomize_
+
+    reference = randomize_(TextTransformer(**config), seed=0).eval().to(device)
+    generator = torch.Generator().manual_seed(0)
+
+    def texts(batch: int):
+        return random_text_ids(torch, config, batch, generator).to(device)
+
+    return Workload(reference, texts(TEXT_PARITY_BATCH), {b: texts(b) for b in batches},
+                    lambda ids: ids, lambda ids: ids.to(torch.int32).contiguous())
+
+
+def random_text_ids(torch, config: dict, batch: int, generator):
+    """`batch` texts filling the context as the tokenizer lays them out: the start id
+    (vocab - 2), random word ids, the end id (vocab - 1, the largest: where the tower pools)."""
+    vocab = config["vocab_size"]
+    ids = torch.randint(1, vocab - 2, (batch, config["context_length"]), generator=generator)
+    ids[:, 0], ids[:, -1] = vocab - 2, vocab - 1
+    return ids
 
 
 def row_key(row: dict) -> tuple:
@@ -413,7 +553,8 @@ def time_peers(runners, x, half, compiled, sync, repeats: int, device: str) -> d
 
         times["compile"] = guarded(times, "compile", first_then_median)
     if "tensorrt" in runners:
-        trt_run, reason = (tensorrt_runner(half, x, str(x.dtype).removeprefix("torch."))
+        dtype = str(next(half.parameters()).dtype).removeprefix("torch.")
+        trt_run, reason = (tensorrt_runner(half, x, dtype)
                            if device == "cuda" else (None, "needs a CUDA GPU"))
         times["tensorrt"] = median_ms(trt_run, x, sync, repeats) if trt_run else None
         times["tensorrt_note"] = reason
@@ -430,18 +571,19 @@ def guarded(times: dict, name: str, measure):
         return None
 
 
-def parity(reference, half, tvm_forward, images) -> tuple[float, float]:
+def parity(work: Workload, half, tvm_forward) -> tuple[float, float]:
     """TVM's error against PyTorch fp32 on the same device, and the limit it must meet: 1e-4
     in fp32, else twice the error of PyTorch itself in that dtype (`half`)."""
     import torch
 
     dtype = next(half.parameters()).dtype
-    want = reference(images)
-    got = torch.from_dlpack(tvm_forward(images.to(dtype).contiguous())).float()
+    x = work.parity_input
+    want = work.reference(x)
+    got = torch.from_dlpack(tvm_forward(work.for_tvm(x))).float()
     if dtype == torch.float32:
         return relative_error(got, want), FP32_TOLERANCE
     # As tests.helpers.half_precision_limit: never below two units of roundoff (= eps).
-    own = relative_error(half(images.to(dtype)).float(), want)
+    own = relative_error(half(work.for_dtype(x)).float(), want)
     return relative_error(got, want), max(2 * own, torch.finfo(dtype).eps)
 
 
@@ -501,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
                         "print the table of the rows in --results")
     parser.add_argument("--libs", type=Path, default=ROOT / "build" / "gpu_bench")
     parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--towers", nargs="+", default=TOWERS, choices=TOWERS,
+                        help="vision and/or text (the text tower of each PE-Core model: "
+                             "32-token texts)")
     parser.add_argument("--dtypes", nargs="+", default=DTYPES,
                         choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--batches", nargs="+", type=int, default=BATCHES)
@@ -521,12 +666,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="cpu: a smoke test of this script on a machine without a GPU")
     args = parser.parse_args(argv)
     if args.phase in ("all", "build"):
-        build(args.libs, args.models, args.dtypes, args.arch, args.device, args.attention)
+        build(args.libs, args.models, args.dtypes, args.arch, args.device, args.attention,
+              args.towers)
     if args.phase == "cubins":
         precompile_cubins(args.libs)
     if args.phase in ("all", "run"):
         return run(args.libs, args.models, args.dtypes, args.batches, args.runners,
-                   args.repeats, args.device, args.compile_mode, args.results)
+                   args.repeats, args.device, args.compile_mode, args.results, args.towers)
     if args.phase == "table":
         if args.results is None or not args.results.is_file():
             parser.error("table needs --results FILE, written by earlier runs")
