@@ -18,7 +18,6 @@ from pe_port.errors import UserError
 
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                       (2, 0): np.lib.format.read_array_header_2_0}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def _cmd_list(_args: argparse.Namespace) -> int:
@@ -51,30 +50,109 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
-    from pe_port.api import load
     from pe_port.config import get_config
-    from pe_port.preprocess import preprocess
-    from pe_port.runtime import check_images
 
     # Everything about the request is checked before the (slow) model load and compile.
     config = get_config(args.model)
+    if args.input and _input_kind(args.input) == "npy":
+        if args.input_list:
+            raise UserError("a .npy input must be given alone")
+        return _encode_pixels(args, config)
+    if not args.input and not args.input_list:
+        raise UserError("give images with --input or --input-list")
+    return _encode_image_files(args, config)
+
+
+def _encode_pixels(args: argparse.Namespace, config) -> int:
+    """Pre-processed pixels from a `.npy`: one call, one `.npy` out."""
+    from pe_port.api import load
+    from pe_port.runtime import check_images
+
     output = _checked_output_file(args.output)
-    if _input_kind(args.input) == "npy":
-        pixels = check_images(_read_npy(Path(args.input[0])), config)
-    else:
-        pixels = preprocess(_image_files(args.input), config.image_size, args.center_crop)
+    pixels = check_images(_read_npy(Path(args.input[0])), config)
     encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch)
-    if args.features:
-        result = encoder.forward_features(pixels, layer_idx=args.layer_idx, norm=args.norm,
-                                          strip_cls_token=args.strip_cls)
-    else:
-        result = encoder(pixels)
+    result = _model_function(args, encoder)(pixels)
     if not np.isfinite(result).all():
         raise UserError(f"the model produced NaN or Inf for this input ({args.dtype}); "
                         f"nothing written to {output}")
     _save_npy_atomically(output, result)
     print(f"pe-port: wrote {output} {result.shape}", file=sys.stderr)
     return 0
+
+
+def _model_function(args: argparse.Namespace, encoder):
+    if not args.features:
+        return encoder
+    return lambda pixels: encoder.forward_features(
+        pixels, layer_idx=args.layer_idx, norm=args.norm, strip_cls_token=args.strip_cls)
+
+
+def _encode_image_files(args: argparse.Namespace, config) -> int:
+    """Image files in batches, written shard by shard (`outputs.py`): flat memory, progress,
+    `--resume` and `--on-error skip`."""
+    from pe_port.api import load, stderr_progress
+    from pe_port.outputs import EmbeddingJob, check_output, errors_path, index_path
+    from pe_port.progress import ImageProgress
+    from pe_port.streaming import (
+        default_batch_size,
+        embedded_batches,
+        list_images,
+        read_input_list,
+    )
+
+    files = list_images(args.input or [], args.recursive)
+    if args.input_list:
+        files += list_images(read_input_list(args.input_list))
+    output = check_output(args.output)
+    batch_size = args.batch_size or default_batch_size(args.target)
+    on_error = "skip" if args.on_error == "skip" else "raise"
+    job = EmbeddingJob(output, files, _job_options(args, batch_size), args.shard_size, on_error)
+    job.open(resume=args.resume)
+    try:
+        encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch,
+                       progress=None if args.quiet else stderr_progress)
+        with ImageProgress(len(files), job.done_count(), args.quiet) as progress:
+            if args.ray:
+                from pe_port.ray import ray_batches
+
+                batches = ray_batches(args.ray, job.remaining_inputs(), args, batch_size,
+                                      on_error)
+            else:
+                batches = embedded_batches(_model_function(args, encoder),
+                                           job.remaining_inputs(), config.image_size,
+                                           args.center_crop, batch_size, on_error)
+            job.write(batches, progress.update)
+        rows, failures = job.finish({"model": args.model})
+    except UserError as err:
+        note = job.stop()
+        raise UserError(f"{err}; {note}" if note else str(err)) from None
+    except BaseException:  # an interrupt (Ctrl-C): keep what is done for --resume
+        note = job.stop()
+        if note:
+            print(f"pe-port: interrupted; {note}", file=sys.stderr)
+        raise
+    written = f"{output} ({rows:,} rows)"
+    if output.suffix == ".npy":
+        written += f", row order in {index_path(output)}"
+    if on_error == "skip":
+        where = "rows with an error" if output.suffix == ".parquet" else errors_path(output)
+        written += f"; {len(failures):,} unreadable images skipped ({where})"
+    print(f"pe-port: wrote {written}", file=sys.stderr)
+    return 0
+
+
+def _job_options(args: argparse.Namespace, batch_size: int) -> dict:
+    """What decides the rows of an encode: a resume must match all of it."""
+    checkpoint = "hub"
+    if args.checkpoint:
+        path = Path(args.checkpoint).absolute()
+        stat = path.stat() if path.is_file() else None
+        checkpoint = f"{path} ({stat.st_size} bytes, mtime {stat.st_mtime_ns})" if stat else (
+            str(path))
+    return {"model": args.model, "checkpoint": checkpoint, "target": args.target,
+            "arch": args.arch, "dtype": args.dtype, "center_crop": args.center_crop,
+            "features": [args.layer_idx, args.norm, args.strip_cls] if args.features else None,
+            "batch_size": batch_size}
 
 
 # ---- text (PE-Core): encode-text, classify, search ---------------------------------------------
@@ -225,21 +303,9 @@ def _input_kind(inputs: list[str]) -> str:
 
 
 def _image_files(inputs: list[str]) -> list[Path]:
-    """Files named, and the image files of folders named; nothing that is not a regular file
-    (a FIFO would block the read forever)."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UserError(f"folder {item} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            files.extend(found)
-        else:
-            files.append(item)
-    for path in files:
-        if not path.is_file():
-            raise UserError(f"input {path} is not a regular file")
-    return files
+    from pe_port.streaming import list_images
+
+    return list_images(inputs)
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -336,9 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     encode = commands.add_parser("encode", help="run a model on a .npy tensor or images")
     _add_model_arguments(encode)
-    encode.add_argument("--input", required=True, nargs="+", metavar="IN",
-                        help="a float32 (N, 3, H, W) .npy, or image files, or a folder")
-    encode.add_argument("--output", required=True, metavar="OUT.npy")
+    encode.add_argument("--input", nargs="+", metavar="IN",
+                        help="a float32 (N, 3, H, W) .npy, or image files, or folders")
+    _add_folder_options(encode)
+    encode.add_argument("--output", required=True, metavar="OUT.npy|OUT.parquet",
+                        help="images: a .npy (row order in OUT.paths.txt) or Parquet "
+                             "(columns path, embedding)")
     encode.add_argument("--features", action="store_true",
                         help="forward_features instead of forward")
     encode.add_argument("--layer-idx", type=int, default=-1)
@@ -402,6 +471,30 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output", metavar="OUT.safetensors")
     convert.set_defaults(run=_cmd_convert)
     return parser
+
+
+def _add_folder_options(encode: argparse.ArgumentParser) -> None:
+    from pe_port.outputs import DEFAULT_SHARD_SIZE
+    from pe_port.streaming import DEFAULT_BATCH_SIZE
+
+    encode.add_argument("--input-list", metavar="FILE", help="image paths, one per line")
+    encode.add_argument("--recursive", action="store_true",
+                        help="also the images in sub-folders of a folder")
+    encode.add_argument("--batch-size", type=_positive_int, metavar="N",
+                        help="images per model call (default: "
+                             + ", ".join(f"{n} on {t}" for t, n in DEFAULT_BATCH_SIZE.items())
+                             + ")")
+    encode.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                        help="an unreadable image: stop with no output (default), or skip it "
+                             "and list it (OUT.errors.txt, or the Parquet error column)")
+    encode.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from OUT.partial/")
+    encode.add_argument("--shard-size", type=_positive_int, default=DEFAULT_SHARD_SIZE,
+                        metavar="N", help="images per staged shard: what a resume may redo")
+    encode.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    encode.add_argument("--ray", metavar="ADDRESS",
+                        help="run on a Ray cluster (`auto`, or ray://HOST:PORT); needs "
+                             "pip install 'pe-port[ray]'")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:

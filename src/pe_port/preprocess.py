@@ -80,6 +80,12 @@ def preprocess(
         raise ImageError("no images given")
     batch = np.empty((len(images), 3, size, size), np.float32)
     for i, image in enumerate(images):
-        loaded = image if isinstance(image, Image.Image) else load_image(image)
-        batch[i] = to_tensor(resize(loaded, size, center_crop))
+        batch[i] = preprocess_one(image, size, center_crop)
     return batch
+
+
+def preprocess_one(image: str | Path | Image.Image, size: int,
+                   center_crop: bool = False) -> np.ndarray:
+    """One image (a path or a PIL image) to the `[3, size, size]` float32 the tower takes."""
+    loaded = image if isinstance(image, Image.Image) else load_image(image)
+    return to_tensor(resize(loaded, size, center_crop))

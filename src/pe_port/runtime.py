@@ -10,7 +10,7 @@ machine without a GPU) still exports its artifact.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from pe_port.artifact import (
 )
 from pe_port.backends import for_target
 from pe_port.config import PEConfig, PETextConfig
-from pe_port.errors import DeviceError, InputError, UserError, WeightError
+from pe_port.errors import DeviceError, ImageError, InputError, UserError, WeightError
 from pe_port.preprocess import MEAN, STD, preprocess
 from pe_port.threads import configure_tvm_threads
 
@@ -297,9 +297,40 @@ class Encoder:
     def preprocess(self, paths: Sequence[str | Path], center_crop: bool = False) -> np.ndarray:
         return preprocess(list(paths), self.config.image_size, center_crop)
 
-    def encode_images(self, paths: Sequence[str | Path], center_crop: bool = False) -> np.ndarray:
-        """Pre-process image files with the official transform and run `forward`."""
-        return self(self.preprocess(paths, center_crop))
+    def encode_images(self, paths: Sequence[str | Path], center_crop: bool = False,
+                      batch_size: int | None = None) -> np.ndarray:
+        """Pre-process image files with the official transform and run `forward`, in batches
+        (`encode_folder`): the memory held is the embeddings and a few batches of pixels."""
+        paths = list(paths)
+        if not paths:
+            raise ImageError("no images given")
+        return np.concatenate([embeddings for _, embeddings in self.encode_folder(
+            paths, batch_size=batch_size, center_crop=center_crop)])
+
+    def encode_folder(self, inputs: str | Path | Sequence[str | Path],
+                      batch_size: int | None = None, recursive: bool = False,
+                      center_crop: bool = False, on_error: str = "raise",
+                      skipped: list[tuple[Path, str]] | None = None,
+                      workers: int | None = None) -> Iterator[tuple[list[Path], np.ndarray]]:
+        """`(paths, embeddings)` per batch of images, in order: `forward` of the image files of
+        `inputs` (a folder, or files and folders; `recursive` also takes sub-folders).
+
+        Threads decode the next images while the model runs; memory stays flat however many
+        images there are. `batch_size` defaults to the target's (`streaming.py`). An
+        unreadable image raises `ImageError`, or with `on_error="skip"` is left out and
+        appended with its error to `skipped` (a batch where none was readable is not yielded).
+        """
+        from pe_port.streaming import default_batch_size, embedded_batches, list_images
+
+        items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+        batches = embedded_batches(
+            self, list_images(items, recursive), self.config.image_size, center_crop,
+            batch_size or default_batch_size(self.target.kind.name), on_error, workers)
+        for batch in batches:
+            if skipped is not None:
+                skipped.extend(batch.failures)
+            if batch.embeddings is not None:
+                yield batch.paths, batch.embeddings
 
     # ---- text and zero-shot (PE-Core) -----------------------------------------------------
     @property
