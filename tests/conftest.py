@@ -62,6 +62,8 @@ SHARED_WORK = {
     "tests/unit/test_torch_free.py": "t16",
     "tests/unit/test_cache.py": "t16",
     "tests/unit/test_text_api.py": "t16",
+    "tests/unit/test_encode_folder_cli.py": "t16",
+    "tests/unit/test_streaming.py": "tiny",  # tests/tiny_model.py's library
     "tests/parity/test_models.py::test_forward": "families",  # the family libraries
     "tests/parity/test_models.py::test_every_parameter": "families",
     "tests/parity/test_models.py::test_every_forward_features": "families",

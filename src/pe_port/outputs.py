@@ -43,6 +43,12 @@ def check_output(output: str | Path) -> Path:
         raise UserError(f"output {path} must end with {' or '.join(OUTPUT_SUFFIXES)}")
     if path.is_dir():
         raise UserError(f"output {path} is a folder")
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UserError("Parquet output needs pyarrow: "
+                            "pip install 'pe-port[parquet]'") from None
     folder = path.parent
     if not folder.is_dir():
         raise UserError(f"output folder {folder} does not exist")
