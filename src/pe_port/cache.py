@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -138,7 +139,11 @@ def get_or_build(key: str, write_library: Callable[[Path], None], progress: Prog
             return library
     if progress:
         progress(f"compiling {what} (first use; cached afterwards)".replace("  ", " "))
-    return store(key, write_library, folder)
+    started = time.monotonic()
+    library = store(key, write_library, folder)
+    if progress:
+        progress(f"compiled in {time.monotonic() - started:.0f} s")
+    return library
 
 
 def lookup_in(folder: Path, key: str) -> Path | None:
