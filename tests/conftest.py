@@ -63,6 +63,7 @@ SHARED_WORK = {
     "tests/unit/test_cache.py": "t16",
     "tests/unit/test_text_api.py": "t16",
     "tests/unit/test_encode_folder_cli.py": "t16",
+    "tests/unit/test_ray.py": "t16",  # one Ray start; T16 and the tiny tower
     "tests/unit/test_streaming.py": "tiny",  # tests/tiny_model.py's library
     "tests/parity/test_models.py::test_forward": "families",  # the family libraries
     "tests/parity/test_models.py::test_every_parameter": "families",

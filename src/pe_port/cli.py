@@ -109,14 +109,15 @@ def _encode_image_files(args: argparse.Namespace, config) -> int:
     job = EmbeddingJob(output, files, _job_options(args, batch_size), args.shard_size, on_error)
     job.open(resume=args.resume)
     try:
+        # With --ray the model runs elsewhere: here it is checked and compiled into the cache
+        # (a local cluster's actors find it there), not put on a device.
         encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch,
-                       progress=None if args.quiet else stderr_progress)
+                       progress=None if args.quiet else stderr_progress,
+                       require_device=not args.ray)
         with ImageProgress(len(files), job.done_count(), args.quiet) as progress:
             if args.ray:
-                from pe_port.ray import ray_batches
-
-                batches = ray_batches(args.ray, job.remaining_inputs(), args, batch_size,
-                                      on_error)
+                encoder.library()
+                batches = _ray_batches(args, job.remaining_inputs(), batch_size, on_error)
             else:
                 batches = embedded_batches(_model_function(args, encoder),
                                            job.remaining_inputs(), config.image_size,
@@ -139,6 +140,18 @@ def _encode_image_files(args: argparse.Namespace, config) -> int:
         written += f"; {len(failures):,} unreadable images skipped ({where})"
     print(f"pe-port: wrote {written}", file=sys.stderr)
     return 0
+
+
+def _ray_batches(args: argparse.Namespace, paths: list[Path], batch_size: int, on_error: str):
+    from pe_port.ray import ray_batches
+
+    checkpoint = str(Path(args.checkpoint).absolute()) if args.checkpoint else None
+    options = {"model": args.model, "checkpoint": checkpoint, "target": args.target,
+               "dtype": args.dtype, "arch": args.arch, "center_crop": args.center_crop,
+               "on_error": on_error,
+               "features": (args.layer_idx, args.norm, args.strip_cls) if args.features else None}
+    return ray_batches(args.ray, paths, options, batch_size,
+                       gpus_per_actor=1.0 if args.target == "cuda" else 0.0)
 
 
 def _job_options(args: argparse.Namespace, batch_size: int) -> dict:
