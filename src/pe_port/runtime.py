@@ -414,9 +414,8 @@ class Encoder:
         `logit_scale.exp() * image @ label.T` with both sides normalised. `images` are
         pre-processed pixels `(N, 3, H, W)` or image files."""
         label_embeddings = self.label_embeddings(labels, templates)  # bad labels fail first
-        pixels = images if isinstance(images, np.ndarray) else self.preprocess(images,
-                                                                               center_crop)
-        image_embeddings = normalized(self(pixels))
+        image_embeddings = normalized(self(images) if isinstance(images, np.ndarray)
+                                      else self.encode_images(images, center_crop))
         return softmax(self.logit_scale * image_embeddings @ label_embeddings.T)
 
     # ---- export -----------------------------------------------------------------------------

@@ -82,6 +82,12 @@ def test_a_damaged_entry_is_reported_removed_and_rebuilt(damage, capsys):
     assert json.loads(record.read_text())["size"] == len(LIBRARY_BYTES)
 
 
+def test_a_compile_says_that_it_compiles_then_how_long_it_took():
+    said = []
+    cache.get_or_build("timed", CountingWriter(), progress=said.append, what="tiny")
+    assert said[0].startswith("compiling tiny") and said[1].startswith("compiled in "), said
+
+
 def test_an_intact_entry_is_not_rebuilt():
     write = CountingWriter()
     first = cache.get_or_build("intact", write)
