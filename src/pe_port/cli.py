@@ -506,7 +506,8 @@ def _add_folder_options(encode: argparse.ArgumentParser) -> None:
                         metavar="N", help="images per staged shard: what a resume may redo")
     encode.add_argument("--quiet", action="store_true", help="no progress on stderr")
     encode.add_argument("--ray", metavar="ADDRESS",
-                        help="run on a Ray cluster (`auto`, or ray://HOST:PORT); needs "
+                        help="run on a Ray cluster: `auto`, ray://HOST:PORT, or `local` (a new "
+                             "one-machine instance); needs "
                              "pip install 'pe-port[ray]'")
 
 

@@ -172,6 +172,21 @@ def test_parquet_holds_the_same_rows_and_paths_as_npy(encoder, images, tmp_path)
     assert meta == {"model": "tiny", "embedding_shape": [TINY_CONFIG.output_dim]}
 
 
+def test_parquet_of_token_features_holds_flattened_rows_and_their_shape(encoder, images,
+                                                                         tmp_path):
+    def features(pixels):
+        return encoder.forward_features(pixels, layer_idx=-1)
+
+    job = EmbeddingJob(tmp_path / "tokens.parquet", images[:5], OPTIONS, shard_size=2)
+    job.open(resume=False)
+    job.write(embedded_batches(features, images[:5], SIZE, batch_size=3))
+    job.finish()
+    table = pq.read_table(tmp_path / "tokens.parquet")
+    shape = json.loads(table.schema.metadata[b"pe_port"])["embedding_shape"]
+    rows = np.array(table.column("embedding").to_pylist(), np.float32).reshape(-1, *shape)
+    np.testing.assert_array_equal(rows, features(pe_port.preprocess(images[:5], SIZE)))
+
+
 def test_resume_redoes_no_finished_shard_and_equals_an_uninterrupted_run(
         encoder, images, tmp_path):
     output = tmp_path / "out.npy"
