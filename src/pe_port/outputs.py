@@ -256,8 +256,8 @@ class EmbeddingJob:
 
     def _renames(self) -> list[tuple[Path, Path]]:
         """Staged file -> its place; the output itself last: its rename is what commits."""
-        pairs = [(self.staging / f"index{i}.out", final) for i, final in
-                 enumerate([index_path(self.output), errors_path(self.output)])]
+        pairs = [(self.staging / "paths.out", index_path(self.output)),
+                 (self.staging / "errors.out", errors_path(self.output))]
         pairs = [(staged, final) for staged, final in pairs if staged.exists()]
         return pairs + [(self.staging / "output.out", self.output)]
 
@@ -270,10 +270,10 @@ class EmbeddingJob:
             for shard in range(self.shard_count):
                 with open(self._shard_file(shard, ".f32"), "rb") as rows_file:
                     shutil.copyfileobj(rows_file, out, COPY_CHUNK)
-        (self.staging / "index0.out").write_text(
+        (self.staging / "paths.out").write_text(
             "".join(f"{path}\n" for path, error in entries if error is None), encoding="utf-8")
         if self.on_error == "skip":
-            (self.staging / "index1.out").write_text(
+            (self.staging / "errors.out").write_text(
                 "".join(f"{path}\t{error}\n" for path, error in failures), encoding="utf-8")
 
     def _stage_parquet(self, row_shape: tuple[int, ...], metadata: dict) -> None:
