@@ -13,8 +13,9 @@ import numpy as np
 from pe_port.config import PEConfig
 
 # At the native size of the T16 models, so that one decoded image is as large as theirs
-# (3 x 384 x 384 float32 = 1.7 MB): holding every image of a folder would show.
-TINY_CONFIG = PEConfig(patch_size=16, width=32, layers=1, heads=2, mlp_ratio=2.0,
+# (3 x 384 x 384 float32 = 1.7 MB): holding every image of a folder would show. Patches of 32
+# (144 tokens) halve the model's time per image against 16.
+TINY_CONFIG = PEConfig(patch_size=32, width=32, layers=1, heads=2, mlp_ratio=2.0,
                        output_dim=16, image_size=384, use_cls_token=True, attn_pooler_heads=2)
 
 
