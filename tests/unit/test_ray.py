@@ -42,13 +42,17 @@ def weights(t16_checkpoint, tmp_path_factory):
 
 
 def test_cli_ray_equals_the_local_run_in_input_order(local_ray, weights, tmp_path):
-    images = write_images(tmp_path / "photos", 9)
+    images = write_images(tmp_path / "photos", 6)
     bad = tmp_path / "photos" / "img-00004.png"
     bad.write_bytes(b"not a png")  # in the middle of the second batch
     argv = ["encode", SMALL_MODEL, "--checkpoint", str(weights), "--quiet", "--batch-size", "3",
             "--on-error", "skip", "--input", str(tmp_path / "photos")]
+    started = time.monotonic()
     assert main([*argv, "--output", str(tmp_path / "local.npy")]) == 0
+    print(f"\nlocal run: {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
     assert main([*argv, "--output", str(tmp_path / "ray.npy"), "--ray", "local"]) == 0
+    print(f"Ray run: {time.monotonic() - started:.1f} s")
     # Exact: every row is computed by the same library on the same pixels.
     np.testing.assert_array_equal(np.load(tmp_path / "ray.npy"), np.load(tmp_path / "local.npy"))
     for index in ("paths", "errors"):
