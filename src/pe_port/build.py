@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import functools
 import platform
+import shutil
 from collections.abc import Callable, Sequence
 
 import tvm
 from tvm import relax
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn.spec import MethodSpec, ModuleSpec
+from tvm.support.cc import cross_compiler
 from tvm.target import codegen
 
 from pe_port import ops
@@ -66,6 +68,44 @@ def cuda_target(arch: str | None = None) -> tvm.target.Target:
                              host={"kind": "llvm", "mtriple": host_triple()})
 
 
+# `target="aarch64"`: 64-bit Arm Linux boards and servers with NEON. Cortex-A76 (Raspberry Pi 5,
+# RK3588 boards) is the same Armv8.2 core as Neoverse N1 (Graviton 2, Ampere Altra); an older
+# core (Cortex-A72: Raspberry Pi 4) takes a target dict with its own `mcpu`.
+AARCH64_TARGET = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"}
+# The linker of a library for another CPU architecture (Debian's g++-<triple> packages).
+CROSS_LINKERS = {"aarch64": "aarch64-linux-gnu-g++"}
+
+
+def target_arch(target: tvm.target.Target) -> str:
+    """The CPU architecture an LLVM target compiles for ("x86_64", "aarch64"), from `mtriple`;
+    the host's when it names none."""
+    triple = str(target.attrs.get("mtriple", "")) or host_triple()
+    return triple.split("-", 1)[0]
+
+
+def runs_here(target: tvm.target.Target) -> bool:
+    """Whether this machine can load a library built for `target`: a CPU target of its own
+    architecture, or any GPU target (whose host code is this machine's)."""
+    return target.kind.name != "llvm" or target_arch(target) == platform.machine()
+
+
+def export_options(target: tvm.target.Target) -> dict:
+    """The arguments of `export_library` for `target`: none for this machine; for another CPU
+    architecture, its cross linker (which must be on the PATH)."""
+    if runs_here(target):
+        return {}
+    arch = target_arch(target)
+    linker = CROSS_LINKERS.get(arch)
+    if linker is None:
+        raise TargetError(f"no cross linker known for {arch} targets; "
+                          f"known: {', '.join(sorted(CROSS_LINKERS))}")
+    if shutil.which(linker) is None:
+        raise TargetError(f"a library for {arch} is linked with {linker}, which is not on the "
+                          f"PATH (Debian/Ubuntu: `make cross-deps` or "
+                          f"`apt-get install g++-{linker.removesuffix('-g++')}`)")
+    return {"fcompile": cross_compiler(linker)}
+
+
 def local_cuda_arch() -> str | None:
     """"sm_XY" of GPU 0, or None without a GPU."""
     device = tvm.cuda(0)
@@ -74,13 +114,16 @@ def local_cuda_arch() -> str | None:
 
 def resolve_target(target: str | dict | tvm.target.Target,
                    arch: str | None = None) -> tvm.target.Target:
-    """"cpu", "cuda" (`arch` picks the GPU generation), a TVM target dict, or a Target."""
+    """"cpu", "aarch64" (`AARCH64_TARGET`, cross-compiled), "cuda" (`arch` picks the GPU
+    generation), a TVM target dict, or a Target."""
     if isinstance(target, tvm.target.Target):
         return target
     if arch is not None and target != "cuda":
         raise TargetError(f"arch {arch!r} is for target 'cuda', not {target!r}")
     if target == "cpu":
         return cpu_target()
+    if target == "aarch64":
+        return tvm.target.Target(AARCH64_TARGET)
     if target == "cuda":
         return cuda_target(arch)
     if isinstance(target, dict):
@@ -88,7 +131,8 @@ def resolve_target(target: str | dict | tvm.target.Target,
             return tvm.target.Target(target)
         except Exception as err:  # TVM raises several error types for a bad dict
             raise TargetError(f"invalid TVM target {target!r}: {err}") from None
-    raise TargetError(f"unknown target {target!r}; use 'cpu', 'cuda' or a TVM target dict")
+    raise TargetError(f"unknown target {target!r}; use 'cpu', 'aarch64', 'cuda' or a TVM "
+                      "target dict")
 
 
 def is_gpu(target: tvm.target.Target) -> bool:

@@ -527,7 +527,9 @@ def _positive_int(text: str) -> int:
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--target", default="cpu", choices=["cpu", "aarch64", "cuda"],
+                        help="cpu: this machine's CPU; aarch64: 64-bit Arm with NEON "
+                             "(cross-compiled on other machines: export only); cuda: NVIDIA")
     parser.add_argument("--arch", metavar="sm_XY",
                         help="the GPU generation of a cuda target (default: this machine's "
                              "GPU, else sm_90), e.g. sm_87 for Jetson Orin")

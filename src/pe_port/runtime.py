@@ -9,6 +9,7 @@ machine without a GPU) still exports its artifact.
 
 from __future__ import annotations
 
+import platform
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -105,10 +106,13 @@ def cached_library(config, dtype: str, variants: tuple[FeatureVariant, ...],
                    progress: Progress, what: str) -> Path:
     """The library of a tower from the compile cache (`cache.py`), `build()` on a miss."""
     from pe_port import cache
+    from pe_port.build import export_options, target_arch
 
     key = cache.cache_key(config, dtype, variants, str(target), for_target(target).name)
-    return cache.get_or_build(key, lambda path: build().export_library(str(path)), progress,
-                              what=f"{what} for {target.kind.name}")
+    options = export_options(target)  # a missing cross linker fails before a compile
+    platform_name = target_arch(target) if options else target.kind.name
+    return cache.get_or_build(key, lambda path: build().export_library(str(path), **options),
+                              progress, what=f"{what} for {platform_name}")
 
 
 class TextTower:
@@ -226,6 +230,12 @@ class Encoder:
         """Where the encoder runs; checked on first use (exporting does not need it). Sizes
         TVM's thread pool first (`threads.py`): it is sized once, at the first kernel."""
         if self._device is None:
+            from pe_port.build import runs_here, target_arch
+
+            if not runs_here(self.target):
+                raise DeviceError(f"target {target_arch(self.target)} is another CPU "
+                                  f"architecture than this {platform.machine()} machine's; "
+                                  "export works (a cross-compile), running needs that CPU")
             configure_tvm_threads()
             device = for_target(self.target).device(self.target)
             if not device.exist:
@@ -257,9 +267,10 @@ class Encoder:
         names += [variant.function_name(self.config.layers) for variant in variants]
         if all(name in self._vms for name in names):
             return
+        device = self.device  # first: a library for another CPU is never loaded
         library = self.library(variants)
         vm = relax.VirtualMachine(
-            relax.VMExecutable(tvm.runtime.load_module(str(library))), self.device)
+            relax.VMExecutable(tvm.runtime.load_module(str(library))), device)
         for name in names:
             self._vms.setdefault(name, vm)
 

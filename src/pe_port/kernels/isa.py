@@ -58,7 +58,7 @@ def vector_isa(target: tvm.target.Target) -> VectorIsa:
     def has(feature: str) -> bool:
         return bool(codegen.target_has_features(feature, target))
 
-    if str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+    if has("neon"):  # AArch64's Advanced SIMD: LLVM enables it for every AArch64 CPU
         return NEON
     if has("avx512f"):
         return AVX512
