@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml
 # Two workers (pytest-xdist): a compile uses one core. Tests that share compiled libraries run
 # on one worker (tests/conftest.py, SHARED_WORK). `make test TEST_WORKERS=0` runs serially.
 TEST_WORKERS ?= 2
-test: $(STAMP) cpp-deps
+test: $(STAMP) cpp-deps cross-deps
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=30
 
 # Also the `slow` tests: official-size towers and the CUDA builds of every dtype and arch.
-test-all: $(STAMP) cpp-deps
+test-all: $(STAMP) cpp-deps cross-deps
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "slow or not slow"
 
 # Times TVM against PyTorch eager, torch.compile, ONNX Runtime and OpenVINO on the official
@@ -78,6 +78,22 @@ cpp-test: cpp
 # Per-image latency of pe_infer against the Python API (docs/perf.md, "C++ runner").
 cpp-bench: cpp
 	$(PY) cpp/scripts/bench_cpp.py --pe-infer $(CPP_BUILD)/pe_infer
+
+# pe_infer for 64-bit Arm boards (export models with `pe-port export --target aarch64`): built
+# with Debian's cross toolchain against the runtime of the aarch64 TVM wheels (fetched by pip into
+# build/aarch64), into build/cpp-aarch64; copy pe_infer and the two libraries to the board.
+# `make cross-deps` installs the toolchain, the arm64 image libraries and qemu-user (with which
+# the test suite runs the result here: tests/cpp/test_aarch64.py).
+AARCH64_BUILD := build/cpp-aarch64
+.PHONY: cross-deps cpp-aarch64
+cross-deps:
+	@sh cpp/scripts/install-cross-deps.sh
+
+cpp-aarch64: $(STAMP) cross-deps
+	$(PY) cpp/scripts/fetch_aarch64_runtime.py build/aarch64
+	cmake -S cpp -B $(AARCH64_BUILD) -DCMAKE_TOOLCHAIN_FILE=$(abspath cpp/cmake/aarch64-linux-gnu.cmake) \
+		-DPE_TVM_PACKAGES=$(abspath build/aarch64/packages) -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF
+	cmake --build $(AARCH64_BUILD) -j $(JOBS) --target pe_infer
 
 # The fuzz tests at FUZZ_CASES inputs per format (`make test` runs 150): the Python readers, and
 # pe_infer's readers built with AddressSanitizer + UndefinedBehaviorSanitizer, where any report

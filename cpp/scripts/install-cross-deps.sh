@@ -1,16 +1,18 @@
 #!/bin/sh
-# Installs what the aarch64 build needs, if any is missing: Debian's cross toolchain
-# (aarch64-linux-gnu-g++, its C library under /usr/aarch64-linux-gnu) and qemu-user, which
-# runs the cross-built pe_infer here (`qemu-aarch64 -L /usr/aarch64-linux-gnu`, no binfmt).
-# Debian/Ubuntu (apt-get) only; elsewhere, or without root, it says what to install and the
-# aarch64 test skips. Run by `make cross-deps`, hence by `make test`.
+# Installs what the aarch64 build of pe_infer needs, if any is missing: Debian's cross toolchain
+# (aarch64-linux-gnu-g++ and its C library under /usr/aarch64-linux-gnu), the arm64 builds of
+# libpng, libjpeg and zlib beside the native ones (Debian multiarch: this adds the arm64
+# architecture to dpkg), and qemu-user, which runs the cross-built pe_infer here
+# (`qemu-aarch64 -L /usr/aarch64-linux-gnu`; no binfmt needed). Debian/Ubuntu (apt-get) only;
+# elsewhere, without root, or when apt cannot get them, it says so and the aarch64 test skips.
+# Run by `make cross-deps`, hence by `make test`.
 set -eu
 
-packages="g++-aarch64-linux-gnu qemu-user"
+packages="g++-aarch64-linux-gnu qemu-user libpng-dev:arm64 libjpeg-dev:arm64 zlib1g-dev:arm64"
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-    echo "cross-deps: not a Debian/Ubuntu system; install an aarch64-linux-gnu g++ cross" \
-         "compiler and qemu-user for the aarch64 test (it skips without them)" >&2
+    echo "cross-deps: not a Debian/Ubuntu system; for the aarch64 test install an" \
+         "aarch64-linux-gnu g++, qemu-user and arm64 libpng/libjpeg/zlib (it skips without)" >&2
     exit 0
 fi
 
@@ -32,13 +34,25 @@ elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     run="sudo -n"
 else
     echo "cross-deps: missing packages:$missing; install them with" \
-         "'sudo apt-get install$missing' (the aarch64 test skips without them)" >&2
+         "'sudo dpkg --add-architecture arm64 && sudo apt-get update &&" \
+         "sudo apt-get install$missing' (the aarch64 test skips without them)" >&2
     exit 0
+fi
+
+added_arm64=""
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    $run dpkg --add-architecture arm64
+    added_arm64=yes
 fi
 echo "cross-deps: installing$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
-# A failed install (no network, a mirror without them) leaves the aarch64 test to skip.
-if ! { $run apt-get update -qq &&
-       $run apt-get install -y -qq --no-install-recommends $missing; }; then
-    echo "cross-deps: could not install$missing; the aarch64 test will skip" >&2
+# shellcheck disable=SC2086
+if $run apt-get update -qq && $run apt-get install -y -qq --no-install-recommends $missing; then
+    exit 0
 fi
+# No arm64 packages on this mirror (Ubuntu's main archive has none): leave apt as it was.
+echo "cross-deps: could not install$missing; the aarch64 test will skip" >&2
+if [ -n "$added_arm64" ]; then
+    $run dpkg --remove-architecture arm64 && $run apt-get update -qq || true
+fi
+exit 0
