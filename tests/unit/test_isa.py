@@ -1,14 +1,18 @@
 """The CPU kernels' tiles follow the target's vector unit: the ISA read off the LLVM target, and
-tiles that fit its registers and divide every official width."""
+tiles that fit its registers and divide every official width; the named aarch64 target."""
 
 from __future__ import annotations
 
 import math
+import platform
 
 import pytest
 import tvm
 
+from pe_port.backends import CpuBackend, for_target
+from pe_port.build import export_options, resolve_target
 from pe_port.config import MODEL_NAMES, PE_TEXT_CONFIG, get_config
+from pe_port.errors import TargetError
 from pe_port.kernels.attention import attention_tile, key_chunk
 from pe_port.kernels.dense import dense_tile
 from pe_port.kernels.isa import AVX2, AVX512, NEON, SSE2, vector_isa
@@ -68,3 +72,30 @@ def test_avx512_tiles_are_the_ones_the_avx512_table_was_measured_with():
 def test_avx2_tiles_use_twelve_of_its_sixteen_registers():
     assert dense_tile(768, AVX2) == (6, 16)
     assert attention_tile(64, AVX2) == (6, 16) and key_chunk(AVX2) == 16
+
+
+def test_neon_tiles_use_twenty_four_of_its_thirty_two_registers():
+    """4 lanes, 32 registers: 6 x 16 (24 accumulators), 4 weight vectors and the inputs fit."""
+    assert dense_tile(768, NEON) == (6, 16) and dense_tile(192, NEON) == (6, 16)
+    assert attention_tile(64, NEON) == (6, 16) and key_chunk(NEON) == 16
+    rows, cols = dense_tile(768, NEON)
+    assert rows * cols // NEON.lanes + cols // NEON.lanes + 1 <= NEON.registers
+
+
+def test_target_aarch64_is_a_neon_cpu_target():
+    target = resolve_target("aarch64")
+    assert target.attrs["mtriple"] == "aarch64-linux-gnu" and target.kind.name == "llvm"
+    backend = for_target(target)
+    assert isinstance(backend, CpuBackend) and backend.isa == NEON
+
+
+def test_an_unknown_target_names_the_known_ones():
+    with pytest.raises(TargetError, match="unknown target 'arm'.*'aarch64'"):
+        resolve_target("arm")
+
+
+@pytest.mark.skipif(platform.machine() == "aarch64", reason="aarch64 links natively here")
+def test_a_missing_cross_linker_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(TargetError, match="aarch64-linux-gnu-g\\+\\+, which is not on the PATH"):
+        export_options(resolve_target("aarch64"))
