@@ -1,18 +1,23 @@
 #!/bin/sh
 # Installs what the aarch64 build of pe_infer needs, if any is missing: Debian's cross toolchain
-# (aarch64-linux-gnu-g++ and its C library under /usr/aarch64-linux-gnu), the arm64 builds of
-# libpng, libjpeg and zlib beside the native ones (Debian multiarch: this adds the arm64
-# architecture to dpkg), and qemu-user, which runs the cross-built pe_infer here
-# (`qemu-aarch64 -L /usr/aarch64-linux-gnu`; no binfmt needed). Debian/Ubuntu (apt-get) only;
+# (aarch64-linux-gnu-g++), the arm64 builds of libpng, libjpeg, zlib and libstdc++ beside the
+# native ones (Debian multiarch: this adds the arm64 architecture to dpkg), and qemu-user, which
+# runs the cross-built pe_infer here (`qemu-aarch64 pe_infer ...`: the arm64 C library and loader
+# are in /lib/aarch64-linux-gnu; no binfmt needed). Debian/Ubuntu (apt-get) only;
 # elsewhere, without root, or when apt cannot get them, it says so and the aarch64 test skips.
 # Run by `make cross-deps`, hence by `make test`.
 set -eu
 
-packages="g++-aarch64-linux-gnu qemu-user libpng-dev:arm64 libjpeg-dev:arm64 zlib1g-dev:arm64"
+# libstdc++6:arm64 so that one C library serves pe_infer under qemu: `-L /usr/aarch64-linux-gnu`
+# (the cross toolchain's copy, another build) loaded its ld.so beside the multiarch libc, and
+# the first pthread_create looped for ever.
+packages="g++-aarch64-linux-gnu qemu-user libpng-dev:arm64 libjpeg-dev:arm64 zlib1g-dev:arm64
+          libstdc++6:arm64"
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "cross-deps: not a Debian/Ubuntu system; for the aarch64 test install an" \
-         "aarch64-linux-gnu g++, qemu-user and arm64 libpng/libjpeg/zlib (it skips without)" >&2
+         "aarch64-linux-gnu g++, qemu-user and arm64 libpng/libjpeg/zlib/libstdc++ (it skips" \
+         "without)" >&2
     exit 0
 fi
 
