@@ -28,6 +28,7 @@ ISAS = (AVX512, AVX2, NEON, SSE2)
     ("x86_64-linux-gnu", "x86-64", SSE2),
     ("aarch64-linux-gnu", "cortex-a76", NEON),
     ("aarch64-linux-gnu", "neoverse-n1", NEON),
+    ("aarch64-linux-gnu", "cortex-a72", NEON),  # Armv8.0: the README's Raspberry Pi 4 target
 ])
 def test_isa_is_read_off_the_target(triple, mcpu, isa):
     assert vector_isa(tvm.target.Target({"kind": "llvm", "mtriple": triple, "mcpu": mcpu})) == isa
