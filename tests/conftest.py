@@ -57,6 +57,8 @@ def t16_checkpoint(tmp_path_factory, t16_state_dict):
 # once; any other test goes wherever a worker is free. Keyed by node id prefix: pytest 9 ignores
 # the node id suffix that xdist's own `xdist_group` marker relies on.
 SHARED_WORK = {
+    # Its own cross build and aarch64 library: beside the t16 group, not after it on one worker.
+    "tests/cpp/test_aarch64.py": "aarch64",
     "tests/cpp/": "t16",  # the C++ build and the PE-Core-T16-384 libraries
     "tests/unit/test_api_cli.py": "t16",
     "tests/unit/test_torch_free.py": "t16",
