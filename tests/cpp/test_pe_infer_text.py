@@ -10,8 +10,8 @@ through `pe_tokenize` on the files export writes, which needs no model at all.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import zlib
@@ -110,7 +110,8 @@ def test_ids_equal_pythons_for_drawn_texts(cpp_build, tokenizer_files, texts, co
 
 
 def test_out_of_scope_texts_are_flagged(cpp_build, tokenizer_files):
-    texts = ["Ã©tÃ© mojibake", "ﬁsh", "e\u0301", "“quoted”", "ＬＯＵＤ", "a\r\nb", "\x85", "the Ã© x"]
+    texts = ["Ã©tÃ© mojibake", "ﬁsh", "e\u0301", "“quoted”", "ＬＯＵＤ", "a\r\nb", "\x85",
+             "the Ã© x"]
     assert not any(in_scope(t) for t in texts)
     assert all(outside for _, outside in cpp_rows(cpp_build, tokenizer_files, texts, 32))
     plain = ["a photo of a dog", "&amp; café", "日本語", "naïve"]
