@@ -404,8 +404,8 @@ std::vector<std::string> ReadLines(const Tokenizer& tokenizer, const std::string
 std::vector<std::string> Texts(const Tokenizer& tokenizer, const std::vector<std::string>& given,
                                const std::string& path, const std::string& what) {
   std::vector<std::string> texts;
-  for (const std::string& text : given) {
-    texts.push_back(EncodeUtf8(tokenizer.Strip(DecodeUtf8(text, what + " '" + text + "'"))));
+  for (size_t i = 0; i < given.size(); ++i) {
+    texts.push_back(EncodeUtf8(tokenizer.Strip(DecodeUtf8(given[i], Cat(what, " ", i)))));
   }
   if (!path.empty()) {
     for (std::string& line : ReadLines(tokenizer, path, what)) texts.push_back(std::move(line));

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import pe_port
 from pe_port import tokenizer, tokenizer_export
-from pe_port.artifact import TEXT_FILES
+from pe_port.artifact import TEXT_FILES, is_artifact_dir
 from tests.cpp.conftest import SMALL_MODEL, run_pe_infer
 from tests.helpers import random_images, rel_error
 from tests.unit.test_text_api import (  # noqa: F401  (fixtures)
@@ -140,6 +140,7 @@ def test_export_writes_the_text_tower_sealed_by_the_metadata(clip_artifact, t16_
     for name, key in ((tok["merges"], "merges_crc32"), (tok["tables"], "tables_crc32")):
         assert zlib.crc32((clip_artifact / name).read_bytes()) == tok[key]
     assert (tok["start_id"], tok["end_id"], tok["pad_id"]) == (49406, 49407, 0)
+    assert is_artifact_dir(clip_artifact)  # so a later export may replace it
     # A vision-only checkpoint exports as before: no text key, no text file.
     assert "text" not in json.loads((t16_artifact / "metadata.json").read_text())
     assert not any((t16_artifact / name).exists() for name in TEXT_FILES)
