@@ -538,7 +538,8 @@ void PrintProbabilities(const Options& o, const std::vector<std::string>& names,
     const float* row = probabilities.data.data() + r * k;
     std::vector<size_t> order(k);
     for (size_t i = 0; i < k; ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return row[a] > row[b]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return row[a] > row[b]; });
     order.resize(top_k);
     if (o.json) {
       std::string line = "{\"image\": " + JsonString(names[r]) + ", \"labels\": [";

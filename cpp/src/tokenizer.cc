@@ -224,6 +224,17 @@ std::string EncodeUtf8(const std::u32string& text) {
   return out;
 }
 
+TokenizerFiles FilesAsTheyAre(const std::string& merges_path, const std::string& tables_path) {
+  TokenizerFiles files;
+  files.merges_path = merges_path;
+  files.tables_path = tables_path;
+  const std::vector<uint8_t> merges = ReadFile(merges_path, "BPE merges");
+  files.merges_crc32 = Crc32(merges.data(), merges.size());
+  const std::vector<uint8_t> tables = ReadFile(tables_path, "tokenizer tables");
+  files.tables_crc32 = Crc32(tables.data(), tables.size());
+  return files;
+}
+
 std::vector<std::u32string> SplitLines(const std::u32string& text) {
   static const std::u32string kBreaks = U"\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029";
   std::vector<std::u32string> lines;
@@ -256,7 +267,8 @@ void Tokenizer::ReadMerges() {
   for (char32_t symbol : symbols) vocab_[EncodeUtf8(std::u32string(1, symbol)) + kWordEnd] = id++;
   char32_t next_moved = 256;
   for (int b = 0; b < 256; ++b) {
-    byte_symbol_[b] = EncodeUtf8(std::u32string(1, IsOwnSymbol(b) ? static_cast<char32_t>(b) : next_moved++));
+    const char32_t symbol = IsOwnSymbol(b) ? static_cast<char32_t>(b) : next_moved++;
+    byte_symbol_[b] = EncodeUtf8(std::u32string(1, symbol));
   }
   int rank = 0;
   size_t line_start = 0;

@@ -28,6 +28,10 @@ struct TokenizerFiles {
   int start_id = 0, end_id = 0, pad_id = 0;
 };
 
+// The two files with the CRC-32s they have now: for tools that read them without an artifact's
+// metadata (pe_tokenize, pe_fuzz_inputs); the counts and ids are left to the caller.
+TokenizerFiles FilesAsTheyAre(const std::string& merges_path, const std::string& tables_path);
+
 // Sorted, disjoint [first, last] ranges of code points.
 class CodePointSet {
  public:

@@ -32,17 +32,9 @@ void ReadArtifact(const std::string& dir) {
   pe::VerifyLibrary(artifact);
 }
 
-uint32_t FileCrc(const std::string& path) {
-  const std::vector<uint8_t> bytes = pe::ReadFile(path, "file");
-  return pe::Crc32(bytes.data(), bytes.size());
-}
-
 void ReadTokenizer(const std::string& dir) {
-  pe::TokenizerFiles files;  // CLIP's counts and ids, as pe-port exports them
-  files.merges_path = dir + "/merges.txt";
-  files.tables_path = dir + "/tables.json";
-  files.merges_crc32 = FileCrc(files.merges_path);
-  files.tables_crc32 = FileCrc(files.tables_path);
+  pe::TokenizerFiles files = pe::FilesAsTheyAre(dir + "/merges.txt", dir + "/tables.json");
+  // CLIP's counts and ids, as pe-port exports them.
   files.num_merges = 48894;
   files.context_length = 32;
   files.start_id = 49406;

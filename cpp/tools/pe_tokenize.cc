@@ -12,16 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "artifact.h"
 #include "tokenizer.h"
 #include "util.h"
 
 namespace {
-
-uint32_t FileCrc(const std::string& path) {
-  const std::vector<uint8_t> bytes = pe::ReadFile(path, "file");
-  return pe::Crc32(bytes.data(), bytes.size());
-}
 
 std::string FromHex(const std::string& hex) {
   std::string bytes;
@@ -36,11 +30,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "usage: pe_tokenize MERGES TABLES NUM_MERGES CONTEXT START END PAD\n");
     return 2;
   }
-  pe::TokenizerFiles files;
-  files.merges_path = argv[1];
-  files.tables_path = argv[2];
-  files.merges_crc32 = FileCrc(files.merges_path);
-  files.tables_crc32 = FileCrc(files.tables_path);
+  pe::TokenizerFiles files = pe::FilesAsTheyAre(argv[1], argv[2]);
   files.num_merges = std::stoi(argv[3]);
   files.context_length = std::stoi(argv[4]);
   files.start_id = std::stoi(argv[5]);
