@@ -107,21 +107,26 @@ def tampered_metadata(text: str, rng: np.random.Generator) -> str:
     return seal_metadata(_replace(meta, path, value))
 
 
-def test_tampered_artifacts_are_read_or_refused(cpp_build, t16_artifact, tmp_path):
-    text = (t16_artifact / "metadata.json").read_text()
+@pytest.mark.parametrize("exported", ["t16_artifact", "clip_artifact"])
+def test_tampered_artifacts_are_read_or_refused(cpp_build, request, exported, tmp_path):
+    """The vision-only export, and the CLIP one whose metadata also describes the text tower."""
+    artifact = request.getfixturevalue(exported)
+    text = (artifact / "metadata.json").read_text()
     rng = np.random.default_rng(3)
     dirs = []
     for i in range(CASES):
         case = tmp_path / str(i)
         case.mkdir()
-        for name in ("model.so", "weights.bin"):
+        for entry in artifact.iterdir():
+            if entry.name == "metadata.json":
+                continue
             try:
-                os.link(t16_artifact / name, case / name)
+                os.link(entry, case / entry.name)
             except OSError:
-                shutil.copyfile(t16_artifact / name, case / name)
+                shutil.copyfile(entry, case / entry.name)
         (case / "metadata.json").write_text(tampered_metadata(text, rng), encoding="latin-1")
         dirs.append(case)
-    lines = run_harness(cpp_build, "artifact", [t16_artifact, *dirs])
+    lines = run_harness(cpp_build, "artifact", [artifact, *dirs])
     assert lines[0] == "ok"  # the untouched artifact is read
     assert sum(line.startswith("refused: ") for line in lines) > CASES // 4
 

@@ -2,8 +2,8 @@
 probabilities of `pe_infer` equal pe_port's on one artifact.
 
 The artifact is PE-Core-T16-384 exported from a CLIP checkpoint with random weights (every
-bias, embedding and the logit scale random: tests/unit/test_text_api.py's); its two libraries
-are the suite's (compile cache), so this file compiles nothing. The tokenizer is compared
+bias, embedding and the logit scale random; tests/cpp/conftest.py); its two libraries are the
+suite's (compile cache), so this file compiles nothing. The tokenizer is compared
 through `pe_tokenize` on the files export writes, which needs no model at all.
 """
 
@@ -22,16 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pe_port
 from pe_port import tokenizer, tokenizer_export
 from pe_port.artifact import TEXT_FILES, is_artifact_dir
-from tests.cpp.conftest import SMALL_MODEL, run_pe_infer
+from tests.cpp.conftest import run_pe_infer
 from tests.helpers import random_images, rel_error
-from tests.unit.test_text_api import (  # noqa: F401  (fixtures)
-    TEXTS,
-    clip_checkpoint,
-    clip_reference,
-)
+from tests.unit.test_text_api import TEXTS
 from tests.unit.test_tokenizer import FRAGMENTS, OFFICIAL_IDS
 from tests.unit.test_tokenizer import TEXTS as DRAWN_TEXT
 
@@ -119,16 +114,6 @@ def test_out_of_scope_texts_are_flagged(cpp_build, tokenizer_files):
 
 
 # ---- the artifact ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def clip_encoder(clip_checkpoint):  # noqa: F811
-    return pe_port.load(SMALL_MODEL, checkpoint=clip_checkpoint, progress=None)
-
-
-@pytest.fixture(scope="module")
-def clip_artifact(clip_encoder, tmp_path_factory):
-    return clip_encoder.export(tmp_path_factory.mktemp("export") / "clip", progress=None)
-
 
 def test_export_writes_the_text_tower_sealed_by_the_metadata(clip_artifact, t16_artifact):
     meta = json.loads((clip_artifact / "metadata.json").read_text())
