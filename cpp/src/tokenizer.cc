@@ -6,7 +6,8 @@
 #include <tvm/ffi/string.h>
 
 #include <algorithm>
-#include <climits>
+#include <functional>
+#include <queue>
 
 #include "artifact.h"
 #include "util.h"
@@ -565,36 +566,46 @@ std::vector<int32_t> Tokenizer::Bpe(const std::u32string& piece) const {
   auto cached = cache_.find(piece);
   if (cached != cache_.end()) return cached->second;
   // The original's BPE: the word's byte symbols, the last ending the word; merge the pair of
-  // lowest rank everywhere, left to right, until no pair has a rank.
-  std::vector<std::string> word;
-  for (unsigned char byte : EncodeUtf8(piece)) word.push_back(byte_symbol_[byte]);
-  word.back() += kWordEnd;
-  while (word.size() > 1) {
-    int best = INT_MAX;
-    size_t at = 0;
-    for (size_t i = 0; i + 1 < word.size(); ++i) {
-      auto rank = ranks_.find(word[i] + " " + word[i + 1]);
-      if (rank != ranks_.end() && rank->second < best) {
-        best = rank->second;
-        at = i;
-      }
-    }
-    if (best == INT_MAX) break;
-    const std::string first = word[at], second = word[at + 1];
-    std::vector<std::string> merged;
-    for (size_t i = 0; i < word.size();) {
-      if (i + 1 < word.size() && word[i] == first && word[i + 1] == second) {
-        merged.push_back(first + second);
-        i += 2;
-      } else {
-        merged.push_back(word[i++]);
-      }
-    }
-    word.swap(merged);
+  // lowest rank everywhere, left to right, until no pair has a rank. Done with a heap of
+  // (rank, position) so a long word costs n log n, not the n^2 of those rounds: as the merges
+  // were learned in order, a pair a merge creates ranks after it, so popping the lowest rank,
+  // leftmost first, merges exactly what the original's rounds merge.
+  struct Symbol {
+    std::string text;
+    int prev, next;
+  };
+  std::vector<Symbol> word;
+  for (unsigned char byte : EncodeUtf8(piece)) {
+    const int at = static_cast<int>(word.size());
+    word.push_back({byte_symbol_[byte], at - 1, at + 1});
+  }
+  word.back().text += kWordEnd;
+  word.back().next = -1;
+  using Candidate = std::pair<int, int>;  // (rank, position of the pair's left symbol)
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
+  auto consider = [&](int left) {
+    if (left < 0 || word[left].next < 0) return;
+    auto rank = ranks_.find(word[left].text + " " + word[word[left].next].text);
+    if (rank != ranks_.end()) heap.emplace(rank->second, left);
+  };
+  for (int i = 0; i + 1 < static_cast<int>(word.size()); ++i) consider(i);
+  while (!heap.empty()) {
+    const auto [rank, left] = heap.top();
+    heap.pop();
+    const int right = word[left].next;
+    if (word[left].text.empty() || right < 0) continue;  // merged away since
+    auto current = ranks_.find(word[left].text + " " + word[right].text);
+    if (current == ranks_.end() || current->second != rank) continue;  // another pair now
+    word[left].text += word[right].text;
+    word[right].text.clear();
+    word[left].next = word[right].next;
+    if (word[left].next >= 0) word[word[left].next].prev = left;
+    consider(word[left].prev);
+    consider(left);
   }
   std::vector<int32_t> ids;
-  for (const std::string& token : word) {
-    auto id = vocab_.find(token);
+  for (int i = 0; i >= 0; i = word[i].next) {
+    auto id = vocab_.find(word[i].text);
     if (id == vocab_.end()) {
       Fail("BPE merges ", files_.merges_path, " give a token without an id; the file is not "
            "CLIP's (export the artifact again)");

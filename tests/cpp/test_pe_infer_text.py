@@ -47,6 +47,7 @@ LISTED = [
     "&ampx &amp &#x41; &#65 &#0; &#128; &#xD800; &#99999999999; &#x;", "&AMP;amp; &NTILDE;",
     "a\nb <c> &amp;", "&amp;lt;\n<b> &amp;amp;", "it's I'M we'LL 'D 'Ve", "3.14e10 ٣ ½ ²",
     "<START_OF_TEXT> <ſtart_of_text> <end_of_text>x", "tab\tand\x0bvertical\x0cfeed",
+    "x" * 20000, "ab" * 5000 + " " + "日本語" * 2000,  # long words: BPE by heap, not by rounds
 ]
 
 
