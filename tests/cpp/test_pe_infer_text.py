@@ -3,7 +3,8 @@ probabilities of `pe_infer` equal pe_port's on one artifact.
 
 The artifact is PE-Core-T16-384 exported from a CLIP checkpoint with random weights (every
 bias, embedding and the logit scale random; tests/cpp/conftest.py); its two libraries are the
-suite's (compile cache), so this file compiles nothing. The tokenizer is compared
+ones tests/unit/test_text_api.py and the other C++ tests load (the compile cache's keys hold no
+weights), compiled once per worker. The tokenizer is compared
 through `pe_tokenize` on the files export writes, which needs no model at all.
 """
 
