@@ -42,7 +42,9 @@ from pe_port.errors import ArtifactError, UserError
 
 # Bumped whenever the layout changes; the C++ runner refuses other versions.
 # 2: one weight transform per function (`<name>_transform_params`).
-# 3: metadata.json ends with its own CRC-32; the three checksums are required.
+# 3: metadata.json ends with its own CRC-32; the three checksums are required. The optional
+#    `text` object (PE-Core's text tower) came later within 3: a reader that does not know it
+#    runs the vision files as before, so older pe_infer builds keep reading new artifacts.
 FORMAT_VERSION = 3
 TEXT_FILES = ("text_model.so", "text_weights.bin", "bpe_merges.txt", "tokenizer_tables.json")
 ARTIFACT_FILES = frozenset({"model.so", "weights.bin", "metadata.json", *TEXT_FILES})
