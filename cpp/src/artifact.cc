@@ -80,6 +80,12 @@ class Fields {
 
   bool IsNull(const Any& value) const { return value.type_index() == TypeIndex::kTVMFFINone; }
 
+  uint32_t Crc(const Any& value, const std::string& where) const {
+    int64_t crc = Int(value, where);
+    if (crc < 0 || crc > 0xffffffffLL) Bad(where, "is not a CRC-32");
+    return static_cast<uint32_t>(crc);
+  }
+
   json::Array Array(const Any& value, const std::string& where) const {
     if (value.type_index() != TypeIndex::kTVMFFIArray) Bad(where, "is not a list");
     return value.cast<json::Array>();
@@ -121,7 +127,8 @@ constexpr size_t kMaxMetadataBytes = 4 << 20;
 constexpr int kMaxMetadataDepth = 16;
 constexpr int kMaxImageSide = 4096;
 
-// The deepest nesting of arrays and objects in `text`, brackets inside strings not counted.
+}  // namespace
+
 int JsonDepth(const std::vector<uint8_t>& text) {
   int depth = 0, deepest = 0;
   bool in_string = false, escaped = false;
@@ -141,17 +148,6 @@ int JsonDepth(const std::vector<uint8_t>& text) {
   return deepest;
 }
 
-void CheckMetadataShape(const std::string& path, const std::vector<uint8_t>& bytes) {
-  if (bytes.size() > kMaxMetadataBytes) {
-    Fail("artifact metadata ", path, " is ", bytes.size(), " bytes; pe-port writes under ",
-         kMaxMetadataBytes, " (not an export of pe-port?)");
-  }
-  if (JsonDepth(bytes) > kMaxMetadataDepth) {
-    Fail("artifact metadata ", path, " nests deeper than ", kMaxMetadataDepth,
-         " levels (pe-port writes 4): not an export of pe-port");
-  }
-}
-
 uint32_t Crc32(const uint8_t* data, uint64_t size) {
   uLong crc = crc32(0L, Z_NULL, 0);
   for (uint64_t done = 0; done < size;) {
@@ -160,6 +156,19 @@ uint32_t Crc32(const uint8_t* data, uint64_t size) {
     done += chunk;
   }
   return static_cast<uint32_t>(crc);
+}
+
+namespace {
+
+void CheckMetadataShape(const std::string& path, const std::vector<uint8_t>& bytes) {
+  if (bytes.size() > kMaxMetadataBytes) {
+    Fail("artifact metadata ", path, " is ", bytes.size(), " bytes; pe-port writes under ",
+         kMaxMetadataBytes, " (not an export of pe-port?)");
+  }
+  if (JsonDepth(bytes) > kMaxMetadataDepth) {
+    Fail("artifact metadata ", path, " nests deeper than ", kMaxMetadataDepth,
+         " levels (pe-port writes 5): not an export of pe-port");
+  }
 }
 
 // metadata.json's last key is `"metadata_crc32": N`, N the CRC-32 of every byte before the key
@@ -206,6 +215,108 @@ std::string KnownModels() {
     names += (names.empty() ? "" : ", ") + model.name;
   }
   return names;
+}
+
+// The parameter table (back to back in the weights file, each as large as its shape says) and
+// the checksums of a tower; `object` names it in messages ("" for the top level, or "text").
+void ReadTowerFiles(const Fields& f, const json::Object& meta, const std::string& object,
+                    int dtype_bytes, TowerFiles& tower) {
+  const std::string prefix = object.empty() ? "" : object + ".";
+  uint64_t expected_offset = 0;
+  std::set<std::string> names;
+  for (const Any& item : f.Array(f.Get(meta, "params", object), prefix + "params")) {
+    json::Object entry = f.Object(item, prefix + "params[]");
+    ParamEntry p;
+    p.name = f.Str(f.Get(entry, "name", prefix + "params[]"), prefix + "params[].name");
+    const std::string where = prefix + "params[" + p.name + "]";
+    if (!names.insert(p.name).second) f.Bad(where, "appears twice");
+    uint64_t count = 1;
+    for (const Any& dim : f.Array(f.Get(entry, "shape", where), where + ".shape")) {
+      int64_t d = f.Int(dim, where + ".shape");
+      if (d < 0 || (d && count > (uint64_t{1} << 40) / static_cast<uint64_t>(d))) {
+        f.Bad(where + ".shape", "is impossible");
+      }
+      p.shape.push_back(d);
+      count *= static_cast<uint64_t>(d);
+    }
+    int64_t offset = f.Int(f.Get(entry, "offset", where), where + ".offset");
+    int64_t nbytes = f.Int(f.Get(entry, "nbytes", where), where + ".nbytes");
+    if (offset < 0 || static_cast<uint64_t>(offset) != expected_offset) {
+      f.Bad(where + ".offset", "does not follow the previous parameter");
+    }
+    if (nbytes < 0 || static_cast<uint64_t>(nbytes) != count * dtype_bytes) {
+      f.Bad(where + ".nbytes", "does not match its shape and dtype");
+    }
+    p.offset = static_cast<uint64_t>(offset);
+    p.nbytes = static_cast<uint64_t>(nbytes);
+    expected_offset += p.nbytes;
+    tower.params.push_back(std::move(p));
+  }
+  if (tower.params.empty()) f.Bad(prefix + "params", "is empty");
+  tower.weights_nbytes = expected_offset;
+  if (f.Has(meta, "weights_nbytes") &&
+      static_cast<uint64_t>(f.Int(f.Get(meta, "weights_nbytes", object),
+                                  prefix + "weights_nbytes")) != tower.weights_nbytes) {
+    f.Bad(prefix + "weights_nbytes", "is not the sum of the parameters' sizes");
+  }
+  tower.weights_crc32 = f.Crc(f.Get(meta, "weights_crc32", object), prefix + "weights_crc32");
+  tower.library_crc32 = f.Crc(f.Get(meta, "library_crc32", object), prefix + "library_crc32");
+}
+
+// metadata.json's `text` (pe_port/artifact.py, TextExport): the text tower and its tokenizer.
+TextArtifact ReadText(const Fields& f, const json::Object& text, const Artifact& a) {
+  TextArtifact t;
+  t.library_path = a.dir + "/text_model.so";
+  t.weights_path = a.dir + "/text_weights.bin";
+  ReadTowerFiles(f, text, "text", a.dtype_bytes, t);
+  json::Object config = f.Object(f.Get(text, "config", "text"), "text.config");
+  t.context_length = f.SmallInt(f.Get(config, "context_length", "text.config"),
+                                "text.config.context_length");
+  t.vocab_size = f.SmallInt(f.Get(config, "vocab_size", "text.config"), "text.config.vocab_size");
+  t.output_dim = f.SmallInt(f.Get(config, "output_dim", "text.config"), "text.config.output_dim");
+  // The official contexts are 32 and 72; more would only allocate.
+  if (t.context_length < 2 || t.context_length > 4096) {
+    f.Bad("text.config.context_length", "is not in [2, 4096]");
+  }
+  t.logit_scale = f.Number(f.Get(text, "logit_scale", "text"), "text.logit_scale");
+  if (!std::isfinite(t.logit_scale) || std::fabs(t.logit_scale) > 80) {
+    f.Bad("text.logit_scale", "is not a finite number whose exp is finite");
+  }
+  bool has_forward = false;
+  for (const Any& name : f.Array(f.Get(text, "functions", "text"), "text.functions")) {
+    has_forward = has_forward || f.Str(name, "text.functions[]") == "forward";
+  }
+  if (!has_forward) f.Bad("text.functions", "does not list forward");
+
+  json::Object tok = f.Object(f.Get(text, "tokenizer", "text"), "text.tokenizer");
+  const std::string w = "text.tokenizer";
+  TokenizerFiles& files = t.tokenizer;
+  for (auto [key, path] : {std::pair<const char*, std::string*>{"merges", &files.merges_path},
+                           {"tables", &files.tables_path}}) {
+    const std::string name = f.Str(f.Get(tok, key, w), w + "." + key);
+    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.') {
+      f.Bad(w + "." + key, "is not a file name in the artifact folder");
+    }
+    *path = a.dir + "/" + name;
+  }
+  files.merges_crc32 = f.Crc(f.Get(tok, "merges_crc32", w), w + ".merges_crc32");
+  files.tables_crc32 = f.Crc(f.Get(tok, "tables_crc32", w), w + ".tables_crc32");
+  files.num_merges = f.SmallInt(f.Get(tok, "num_merges", w), w + ".num_merges");
+  files.context_length = f.SmallInt(f.Get(tok, "context_length", w), w + ".context_length");
+  files.start_id = f.SmallInt(f.Get(tok, "start_id", w), w + ".start_id");
+  files.end_id = f.SmallInt(f.Get(tok, "end_id", w), w + ".end_id");
+  files.pad_id = f.SmallInt(f.Get(tok, "pad_id", w), w + ".pad_id");
+  if (files.context_length != t.context_length) {
+    f.Bad(w + ".context_length", "is not text.config.context_length");
+  }
+  for (int id : {files.start_id, files.end_id, files.pad_id}) {
+    if (id >= t.vocab_size) f.Bad(w, "has a special id outside the vocabulary");
+  }
+  // BPE ids are the 512 byte symbols and the merges; start and end follow them.
+  if (512 + files.num_merges > files.start_id || files.end_id <= files.start_id) {
+    f.Bad(w, "has start and end ids among the BPE tokens' ids");
+  }
+  return t;
 }
 
 }  // namespace
@@ -321,53 +432,12 @@ Artifact LoadArtifact(const std::string& dir) {
     f.Bad("preprocess.image_size", "is over " + std::to_string(kMaxImageSide));
   }
 
-  // The parameter table: back to back in weights.bin, each as large as its shape says.
-  uint64_t expected_offset = 0;
-  std::set<std::string> names;
-  for (const Any& item : f.Array(f.Get(meta, "params", ""), "params")) {
-    json::Object entry = f.Object(item, "params[]");
-    ParamEntry p;
-    p.name = f.Str(f.Get(entry, "name", "params[]"), "params[].name");
-    const std::string where = "params[" + p.name + "]";
-    if (!names.insert(p.name).second) f.Bad(where, "appears twice");
-    uint64_t count = 1;
-    for (const Any& dim : f.Array(f.Get(entry, "shape", where), where + ".shape")) {
-      int64_t d = f.Int(dim, where + ".shape");
-      if (d < 0 || (d && count > (uint64_t{1} << 40) / static_cast<uint64_t>(d))) {
-        f.Bad(where + ".shape", "is impossible");
-      }
-      p.shape.push_back(d);
-      count *= static_cast<uint64_t>(d);
-    }
-    int64_t offset = f.Int(f.Get(entry, "offset", where), where + ".offset");
-    int64_t nbytes = f.Int(f.Get(entry, "nbytes", where), where + ".nbytes");
-    if (offset < 0 || static_cast<uint64_t>(offset) != expected_offset) {
-      f.Bad(where + ".offset", "does not follow the previous parameter");
-    }
-    if (nbytes < 0 || static_cast<uint64_t>(nbytes) != count * a.dtype_bytes) {
-      f.Bad(where + ".nbytes", "does not match its shape and dtype");
-    }
-    p.offset = static_cast<uint64_t>(offset);
-    p.nbytes = static_cast<uint64_t>(nbytes);
-    expected_offset += p.nbytes;
-    a.params.push_back(std::move(p));
-  }
-  if (a.params.empty()) f.Bad("params", "is empty");
-  a.weights_nbytes = expected_offset;
-  if (f.Has(meta, "weights_nbytes") &&
-      static_cast<uint64_t>(f.Int(f.Get(meta, "weights_nbytes", ""), "weights_nbytes")) !=
-          a.weights_nbytes) {
-    f.Bad("weights_nbytes", "is not the sum of the parameters' sizes");
-  }
-  for (const char* key : {"weights_crc32", "library_crc32"}) {
-    int64_t crc = f.Int(f.Get(meta, key, ""), key);
-    if (crc < 0 || crc > 0xffffffffLL) f.Bad(key, "is not a CRC-32");
-    (key[0] == 'w' ? a.weights_crc32 : a.library_crc32) = static_cast<uint32_t>(crc);
-  }
+  ReadTowerFiles(f, meta, "", a.dtype_bytes, a);
+  if (f.Has(meta, "text")) a.text = ReadText(f, f.Object(f.Get(meta, "text", ""), "text"), a);
   return a;
 }
 
-void VerifyLibrary(const Artifact& artifact) {
+void VerifyLibrary(const TowerFiles& artifact) {
   const std::string& path = artifact.library_path;
   MappedFile library(path, "artifact library");
   if (Crc32(library.data(), library.size()) != artifact.library_crc32) {
@@ -410,7 +480,7 @@ void VerifyLibrary(const Artifact& artifact) {
   }
 }
 
-void VerifyWeights(const Artifact& artifact, const MappedFile& weights) {
+void VerifyWeights(const TowerFiles& artifact, const MappedFile& weights) {
   if (weights.size() != artifact.weights_nbytes) {
     Fail("artifact weights ", artifact.weights_path, " have ", weights.size(),
          " bytes; the metadata lists ", artifact.weights_nbytes,

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "models.h"
+#include "tokenizer.h"
 #include "util.h"
 
 namespace pe {
@@ -24,9 +25,28 @@ struct ParamEntry {
   uint64_t nbytes = 0;
 };
 
-struct Artifact {
+// A compiled tower: its library, its weights and their table, with the files' checksums.
+struct TowerFiles {
+  std::string library_path, weights_path;
+  std::vector<ParamEntry> params;
+  uint64_t weights_nbytes = 0;
+  uint32_t weights_crc32 = 0;
+  uint32_t library_crc32 = 0;
+};
+
+// The text tower of a PE-Core artifact (metadata.json's `text`): text_model.so takes int32 token
+// ids (N, L), L at most the context length, and returns the (N, output_dim) embeddings.
+struct TextArtifact : TowerFiles {
+  int context_length = 0;
+  int vocab_size = 0;
+  int output_dim = 0;
+  double logit_scale = 0;  // as the checkpoint holds it: the logits' factor is its exp
+  TokenizerFiles tokenizer;
+};
+
+struct Artifact : TowerFiles {
   std::string dir;
-  std::string library_path, weights_path, metadata_path;
+  std::string metadata_path;
   std::string model;
   ModelConfig config;
   std::string dtype;        // float32, float16 or bfloat16
@@ -37,10 +57,7 @@ struct Artifact {
   int image_size = 0;       // pre-processing
   float mean[3] = {0, 0, 0};
   float std[3] = {1, 1, 1};
-  std::vector<ParamEntry> params;
-  uint64_t weights_nbytes = 0;
-  uint32_t weights_crc32 = 0;
-  uint32_t library_crc32 = 0;
+  std::optional<TextArtifact> text;  // PE-Core models exported with their text tower
 
   bool HasFunction(const std::string& name) const;
   std::string FunctionList() const;  // "forward, forward_features"
@@ -52,12 +69,19 @@ struct Artifact {
 // says what is wrong.
 Artifact LoadArtifact(const std::string& dir);
 
-// Checks the weights file against the metadata: its size, then its CRC-32.
-void VerifyWeights(const Artifact& artifact, const MappedFile& weights);
+// Checks a weights file against the metadata: its size, then its CRC-32.
+void VerifyWeights(const TowerFiles& tower, const MappedFile& weights);
 
-// Checks model.so before it is loaded (loading a damaged library can crash the process): its
+// Checks a library before it is loaded (loading a damaged library can crash the process): its
 // CRC-32, and that it is a whole ELF shared library of this machine's kind.
-void VerifyLibrary(const Artifact& artifact);
+void VerifyLibrary(const TowerFiles& tower);
+
+// The CRC-32 (zlib's) of `size` bytes.
+uint32_t Crc32(const uint8_t* data, uint64_t size);
+
+// The deepest nesting of arrays and objects in JSON `text`, brackets inside strings not counted:
+// checked before parsing, since the parser recurses once per level.
+int JsonDepth(const std::vector<uint8_t>& text);
 
 }  // namespace pe
 

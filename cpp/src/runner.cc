@@ -49,8 +49,8 @@ std::string DeviceForTarget(const std::string& target_kind) {
   return target_kind == "cuda" ? "cuda" : "cpu";
 }
 
-Runner::Runner(const Artifact& artifact, DLDeviceType device)
-    : artifact_(artifact), device_{device, 0}, dtype_(DataTypeOf(artifact.dtype)) {
+Runner::Runner(const TowerFiles& artifact, const std::string& dtype, DLDeviceType device)
+    : artifact_(artifact), device_{device, 0}, dtype_(DataTypeOf(dtype)) {
   if (device == kDLCUDA) LoadCudaRuntime();
   // Read and check the weights before anything is loaded on the device.
   MappedFile weights(artifact.weights_path, "artifact weights");
@@ -118,17 +118,6 @@ Tensor Runner::Upload(const void* data, const std::vector<int64_t>& shape, DLDat
 }
 
 FloatArray Runner::Run(const std::string& function, const FloatArray& pixels) {
-  static const Function copy_to = Global("runtime.TVMTensorCopyToBytes");
-  Module vm = vm_.value();
-  auto fn = vm->GetFunction(function);
-  if (!fn) Fail("library ", artifact_.library_path, " has no function ", function);
-  const std::vector<Any>& weights = WeightsFor(function);
-  const int64_t arity = vm->GetFunction("get_function_arity").value()(function).cast<int64_t>();
-  if (arity != static_cast<int64_t>(weights.size()) + 1) {
-    Fail("library ", artifact_.library_path, " function ", function, " takes ", arity,
-         " arguments, but the artifact has ", weights.size(), " weights (+1 image)");
-  }
-
   // The input in the model's dtype.
   Tensor input;
   if (dtype_.bits == 32) {
@@ -140,6 +129,25 @@ FloatArray Runner::Run(const std::string& function, const FloatArray& pixels) {
                                            : FloatToHalf(pixels.data[i]);
     }
     input = Upload(narrow.data(), pixels.shape, dtype_);
+  }
+  return Call(function, input);
+}
+
+FloatArray Runner::RunIds(const std::string& function, const std::vector<int32_t>& ids,
+                          const std::vector<int64_t>& shape) {
+  return Call(function, Upload(ids.data(), shape, DLDataType{kDLInt, 32, 1}));
+}
+
+FloatArray Runner::Call(const std::string& function, const Tensor& input) {
+  static const Function copy_to = Global("runtime.TVMTensorCopyToBytes");
+  Module vm = vm_.value();
+  auto fn = vm->GetFunction(function);
+  if (!fn) Fail("library ", artifact_.library_path, " has no function ", function);
+  const std::vector<Any>& weights = WeightsFor(function);
+  const int64_t arity = vm->GetFunction("get_function_arity").value()(function).cast<int64_t>();
+  if (arity != static_cast<int64_t>(weights.size()) + 1) {
+    Fail("library ", artifact_.library_path, " function ", function, " takes ", arity,
+         " arguments, but the artifact has ", weights.size(), " weights (+1 input)");
   }
 
   std::vector<AnyView> args;

@@ -19,9 +19,10 @@ namespace pe {
 
 class Runner {
  public:
-  // Loads the library and the weights (checked against the metadata). Each function's one-off
-  // weight transform (packing for the CPU kernels) runs on its first call.
-  Runner(const Artifact& artifact, DLDeviceType device);
+  // Loads the library and the weights of a tower (checked against the metadata) in `dtype`.
+  // Each function's one-off weight transform (packing for the CPU kernels) runs on its first
+  // call.
+  Runner(const TowerFiles& tower, const std::string& dtype, DLDeviceType device);
 
   // Whether the library itself has a function of this name.
   bool HasFunction(const std::string& name);
@@ -30,12 +31,17 @@ class Runner {
   // the model's dtype as NumPy's astype does).
   FloatArray Run(const std::string& function, const FloatArray& pixels);
 
+  // `function`(ids, *weights): int32 token ids (N, L) in, float32 out (the text tower).
+  FloatArray RunIds(const std::string& function, const std::vector<int32_t>& ids,
+                    const std::vector<int64_t>& shape);
+
  private:
+  FloatArray Call(const std::string& function, const tvm::ffi::Tensor& input);
   // The weights as `function` takes them: its `<function>_transform_params` run once.
   const std::vector<tvm::ffi::Any>& WeightsFor(const std::string& function);
   tvm::ffi::Tensor Upload(const void* data, const std::vector<int64_t>& shape, DLDataType dtype);
 
-  const Artifact& artifact_;
+  const TowerFiles& artifact_;
   DLDevice device_;
   DLDataType dtype_;
   tvm::ffi::Optional<tvm::ffi::Module> vm_;

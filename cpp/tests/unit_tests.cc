@@ -9,9 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "clip.h"
 #include "image.h"
 #include "models.h"
 #include "npy.h"
+#include "tokenizer.h"
 #include "util.h"
 
 namespace {
@@ -252,6 +254,55 @@ void TestDecodeErrors() {
 
 }  // namespace
 
+void TestUtf8() {
+  const std::string mixed = "a\xc3\xa9\xe6\x97\xa5\xf0\x9f\x98\x80";  // a é 日 😀
+  CHECK(pe::DecodeUtf8(mixed, "t") == std::u32string(U"a\u00e9\u65e5\U0001F600"));
+  CHECK(pe::EncodeUtf8(pe::DecodeUtf8(mixed, "t")) == mixed);
+  for (const std::string bad : {"\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+                                "\xe6\x97", "\x80", "a\xff" "b"}) {
+    CHECK(Throws([&] { pe::DecodeUtf8(bad, "text 3"); }, "text 3 is not valid UTF-8"));
+  }
+}
+
+void TestSplitLines() {
+  // Python's str.splitlines: \r\n is one break, a last break adds no empty line.
+  const auto lines = pe::SplitLines(U"a\r\nb\rc\u2028d\x1c\n");
+  CHECK(lines.size() == 5 && lines[0] == U"a" && lines[1] == U"b" && lines[3] == U"d" &&
+        lines[4].empty());
+  CHECK(pe::SplitLines(U"").empty());
+}
+
+void TestCodePointSet() {
+  pe::CodePointSet set;
+  set.Add(0x41, 0x5A);
+  set.Add(0x100, 0x100);
+  CHECK(set.Contains(0x41) && set.Contains(0x5A) && set.Contains(0x100));
+  CHECK(!set.Contains(0x40) && !set.Contains(0x5B) && !set.Contains(0xFF) && !set.Contains(0x101));
+}
+
+void TestZeroShotMath() {
+  // Token rows: columns up to the last row's first end (largest) id.
+  const std::vector<int32_t> ids = {1, 5, 9, 0, 1, 9, 0, 0};  // end id 9
+  CHECK(pe::ColumnsToRun(ids, 2, 4) == 3);
+  CHECK((pe::FirstColumns(ids, 2, 4, 3) == std::vector<int32_t>{1, 5, 9, 1, 9, 0}));
+  // Two labels, two templates each: the label embedding is the normalised mean of the
+  // normalised prompts.
+  pe::FloatArray prompts{{4, 2}, {3, 0, 0, 5, 0, 2, 0, 2}};
+  const pe::FloatArray labels = pe::LabelEmbeddings(prompts, 2);
+  const float half = static_cast<float>(std::sqrt(0.5));
+  CHECK(labels.shape == (std::vector<int64_t>{2, 2}));
+  CHECK(std::fabs(labels.data[0] - half) < 1e-7f && std::fabs(labels.data[1] - half) < 1e-7f);
+  CHECK(labels.data[2] == 0.0f && labels.data[3] == 1.0f);
+  // Softmax of scale * cosine: rows sum to 1, the closer label wins.
+  pe::FloatArray images{{1, 2}, {0, 10}};
+  const pe::FloatArray p = pe::ZeroShotProbabilities(images, labels, 100.0);
+  const double expected = 1.0 / (1.0 + std::exp(100.0 * (half - 1.0)));
+  CHECK(std::fabs(p.data[0] + p.data[1] - 1.0f) < 1e-6f);
+  CHECK(std::fabs(p.data[1] - expected) < 1e-6);
+  CHECK(pe::FillTemplate("a {} of a {}.", "dog") == "a dog of a dog.");
+  CHECK(pe::FillTemplate("no slot", "dog") == "no slot");
+}
+
 int main(int argc, char** argv) {
   const std::string dir = argc > 1 ? argv[1] : "unit_test_files";
   mkdir(dir.c_str(), 0755);
@@ -262,6 +313,10 @@ int main(int argc, char** argv) {
     TestFunctionNames();
     TestResize();
     TestDecodeErrors();
+    TestUtf8();
+    TestSplitLines();
+    TestCodePointSet();
+    TestZeroShotMath();
   } catch (const std::exception& err) {
     std::fprintf(stderr, "unexpected exception: %s\n", err.what());
     return 1;

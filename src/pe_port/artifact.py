@@ -1,6 +1,7 @@
 """The artifact format: what `export` writes for the C++ runner, and the names it uses.
 
-An artifact is a folder of three files:
+An artifact is a folder of three files, and four more for a PE-Core model exported with its text
+tower:
 
 - `model.so`: the compiled library (`export_library`), one Relax VM holding `forward`, the
   default `forward_features`, any extra feature variant, and for each of them
@@ -9,7 +10,15 @@ An artifact is a folder of three files:
   functions take them;
 - `metadata.json`: format version, model name and config, dtype, target, versions, the
   exported functions, pre-processing, the parameter table (name, shape, offset, nbytes),
-  CRC-32s of the two other files, and last its own CRC-32 (`seal_metadata`).
+  CRC-32s of the two other files, and last its own CRC-32 (`seal_metadata`);
+- with the text tower (`TextExport`): `text_model.so` (its `forward`, token ids int32 `(N, L)`,
+  L at most the context, to the embedding, and `forward_transform_params`),
+  `text_weights.bin`, and what the C++ tokenizer reads (`tokenizer_export.py`):
+  `bpe_merges.txt` and `tokenizer_tables.json`. metadata.json then has a `text` object: the
+  text config, the text parameter table, `weights_nbytes`, `weights_crc32` and
+  `library_crc32` of the text files, `logit_scale` (the checkpoint's; the logits' factor is its
+  exp) and `tokenizer` (file names, their CRC-32s, the merges count, the vocabulary's SHA-256,
+  context length and the start, end and pad ids). Without it, the artifact is vision only.
 
 The C++ runner (`cpp/src/artifact.cc`) reads the same format and checks `FORMAT_VERSION`.
 """
@@ -28,14 +37,27 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pe_port.config import PEConfig
+from pe_port.config import PEConfig, PETextConfig
 from pe_port.errors import ArtifactError, UserError
 
 # Bumped whenever the layout changes; the C++ runner refuses other versions.
 # 2: one weight transform per function (`<name>_transform_params`).
-# 3: metadata.json ends with its own CRC-32; the three checksums are required.
+# 3: metadata.json ends with its own CRC-32; the three checksums are required. The optional
+#    `text` object (PE-Core's text tower) came later within 3: a reader that does not know it
+#    runs the vision files as before, so older pe_infer builds keep reading new artifacts.
 FORMAT_VERSION = 3
-ARTIFACT_FILES = frozenset({"model.so", "weights.bin", "metadata.json"})
+TEXT_FILES = ("text_model.so", "text_weights.bin", "bpe_merges.txt", "tokenizer_tables.json")
+ARTIFACT_FILES = frozenset({"model.so", "weights.bin", "metadata.json", *TEXT_FILES})
+
+
+class TextExport(NamedTuple):
+    """The text tower of a PE-Core artifact: what `write_artifact` needs besides the vision."""
+
+    library: Path
+    config: PETextConfig
+    params: Sequence[tuple[str, np.ndarray]]  # in the order `forward` takes them
+    logit_scale: float  # as the checkpoint holds it: the log of the logits' factor
+    vocab: Path  # CLIP's BPE vocabulary file, read by `tokenizer.read_merges`
 
 
 class FeatureVariant(NamedTuple):
@@ -103,6 +125,7 @@ def write_artifact(
     variants: Sequence[FeatureVariant],
     params: Sequence[tuple[str, np.ndarray]],
     preprocess: dict,
+    text: TextExport | None = None,
 ) -> Path:
     """Write the artifact into `out_dir`, all or nothing; `library` is copied, not rebuilt.
 
@@ -138,6 +161,8 @@ def write_artifact(
             "library_crc32": zlib.crc32((staging / "model.so").read_bytes()),
             "params": entries,
         }
+        if text is not None:
+            metadata["text"] = _write_text(staging, text)
         (staging / "metadata.json").write_text(seal_metadata(metadata), encoding="ascii")
         _move_into_place(staging, out_dir)
     except BaseException:
@@ -162,6 +187,29 @@ def seal_text(prefix: str) -> str:
     checksum of its bytes; tests also seal hostile prefixes to reach the checks behind it."""
     crc = zlib.crc32(prefix.encode("latin-1"))
     return f'{prefix}"{METADATA_CHECKSUM_KEY}": {crc}\n}}\n'
+
+
+def _write_text(staging: Path, text: TextExport) -> dict:
+    """The text tower's files, and the `text` object of the metadata describing them."""
+    from pe_port import tokenizer_export
+
+    model_so, weights_bin, merges, tables = (staging / name for name in TEXT_FILES)
+    shutil.copyfile(text.library, model_so)
+    entries, weights_nbytes, weights_crc = _write_weights(weights_bin, text.params)
+    merges.write_bytes(tokenizer_export.merges_text(text.vocab).encode("utf-8"))
+    tables.write_bytes(tokenizer_export.tables_json().encode("ascii"))
+    return {
+        "config": asdict(text.config),
+        "functions": ["forward"],
+        "logit_scale": float(text.logit_scale),
+        "tokenizer": {**tokenizer_export.tokenizer_metadata(text.config.context_length),
+                      "merges_crc32": zlib.crc32(merges.read_bytes()),
+                      "tables_crc32": zlib.crc32(tables.read_bytes())},
+        "weights_nbytes": weights_nbytes,
+        "weights_crc32": weights_crc,
+        "library_crc32": zlib.crc32(model_so.read_bytes()),
+        "params": entries,
+    }
 
 
 def _write_weights(path: Path, params: Sequence[tuple[str, np.ndarray]]):

@@ -21,6 +21,7 @@ from tvm import relax
 from pe_port.artifact import (
     DEFAULT_FEATURES,
     FeatureVariant,
+    TextExport,
     check_feature_variants,
     extra_variants,
     transform_function_name,
@@ -28,7 +29,14 @@ from pe_port.artifact import (
 )
 from pe_port.backends import for_target
 from pe_port.config import PEConfig, PETextConfig
-from pe_port.errors import DeviceError, ImageError, InputError, UserError, WeightError
+from pe_port.errors import (
+    CheckpointError,
+    DeviceError,
+    ImageError,
+    InputError,
+    UserError,
+    WeightError,
+)
 from pe_port.preprocess import MEAN, STD, preprocess
 from pe_port.threads import configure_tvm_threads
 
@@ -164,6 +172,10 @@ class TextTower:
         forward = self._forward(device)
         return np.concatenate([forward(ids[i:i + TEXT_BATCH]).numpy().astype(np.float32)
                                for i in range(0, len(ids), TEXT_BATCH)])
+
+    def params_as(self, np_dtype) -> list[tuple[str, np.ndarray]]:
+        """`(name, weight)` in the order `forward` takes them, in `np_dtype` (for export)."""
+        return [(n, self._weights[n].astype(np_dtype)) for n, _ in self.param_specs]
 
     def check_ids(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids)
@@ -440,6 +452,10 @@ class Encoder:
         library is copied from the compile cache, not compiled again; the target's device is
         not needed (CUDA artifacts are built on machines without a GPU). `progress` hears
         of a compile, if one is needed (default: what `load` was given).
+
+        A PE-Core model whose checkpoint holds the text tower also exports it, with the
+        tokenizer's merges and tables (`TextExport`); other models and vision-only checkpoints
+        give a vision-only artifact.
         """
         import tvm as _tvm
 
@@ -464,4 +480,19 @@ class Encoder:
             params=[(n, self._weights[n].astype(np_dtype)) for n, _ in self.param_specs],
             preprocess={"image_size": self.config.image_size, "resize": "bilinear",
                         "mean": [MEAN] * 3, "std": [STD] * 3, "layout": "NCHW"},
+            text=self._text_export(np_dtype),
         )
+
+    def _text_export(self, np_dtype) -> TextExport | None:
+        """The text side of the artifact; None without a text tower in model or checkpoint."""
+        from pe_port.tokenizer import find_vocab
+
+        if self.text_config is None or self._read_text_weights is None:
+            return None
+        try:
+            tower = self.text
+        except CheckpointError:  # a vision-only file (the vision side read it already)
+            return None
+        return TextExport(library=tower.library(), config=tower.config,
+                          params=tower.params_as(np_dtype),
+                          logit_scale=self._logit_scale, vocab=find_vocab())

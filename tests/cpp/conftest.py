@@ -1,4 +1,6 @@
-"""Build `cpp/` once per session, from a clean folder, and export PE-Core-T16-384 for it."""
+"""Build `cpp/` once per session, from a clean folder, and export PE-Core-T16-384 for it: from a
+vision-only checkpoint (`t16_artifact`) and from a CLIP checkpoint with the text tower
+(`clip_artifact`)."""
 
 from __future__ import annotations
 
@@ -64,6 +66,35 @@ def t16_artifact(t16_encoder, tmp_path_factory) -> Path:
     """PE-Core-T16-384 with seeded random weights, with one extra forward_features variant."""
     out = tmp_path_factory.mktemp("export") / "t16"
     return t16_encoder.export(out, feature_variants=[VARIANT], progress=None)
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint(tmp_path_factory) -> Path:
+    """PE-Core-T16-384 as a CLIP checkpoint: both towers and the logit scale, random weights
+    (every bias and embedding too), the seed tests/unit/test_text_api.py uses."""
+    import torch
+
+    import reference
+    from pe_port.config import get_config, text_config
+
+    clip = reference.CLIP(get_config(SMALL_MODEL).as_kwargs(),
+                          text_config(SMALL_MODEL).as_kwargs())
+    path = tmp_path_factory.mktemp("clip") / f"{SMALL_MODEL}-clip.pt"
+    torch.save(reference.randomize_(clip, seed=7).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_encoder(clip_checkpoint):
+    import pe_port
+
+    return pe_port.load(SMALL_MODEL, checkpoint=clip_checkpoint, progress=None)
+
+
+@pytest.fixture(scope="session")
+def clip_artifact(clip_encoder, tmp_path_factory) -> Path:
+    """The CLIP export: the vision files, the text tower and the tokenizer's files."""
+    return clip_encoder.export(tmp_path_factory.mktemp("export") / "clip", progress=None)
 
 
 def run_pe_infer(binary: Path, *args, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -2,10 +2,11 @@
 never a crash, a hang or an exception other than the one pe_infer reports with exit 2.
 
 The seeded mutator of tests/unit/test_fuzz_inputs.py runs variants of a valid `.npy`, PNG,
-JPEG and artifact `metadata.json` through `pe_fuzz_inputs` (the very readers pe_infer uses,
-many inputs per process). `make test` runs `PE_FUZZ_CASES` (default 150) per format; `make
-fuzz` runs thousands against a build with AddressSanitizer and UndefinedBehaviorSanitizer,
-where any report aborts the process and fails the test.
+JPEG and artifact `metadata.json`, and of the C++ tokenizer's merges and tables, through
+`pe_fuzz_inputs` (the very readers pe_infer uses, many inputs per process). `make test` runs
+`PE_FUZZ_CASES` (default 150) per format; `make fuzz` runs thousands against a build with
+AddressSanitizer and UndefinedBehaviorSanitizer, where any report aborts the process and fails
+the test.
 """
 
 from __future__ import annotations
@@ -106,20 +107,71 @@ def tampered_metadata(text: str, rng: np.random.Generator) -> str:
     return seal_metadata(_replace(meta, path, value))
 
 
-def test_tampered_artifacts_are_read_or_refused(cpp_build, t16_artifact, tmp_path):
-    text = (t16_artifact / "metadata.json").read_text()
+@pytest.mark.parametrize("exported", ["t16_artifact", "clip_artifact"])
+def test_tampered_artifacts_are_read_or_refused(cpp_build, request, exported, tmp_path):
+    """The vision-only export, and the CLIP one whose metadata also describes the text tower."""
+    artifact = request.getfixturevalue(exported)
+    text = (artifact / "metadata.json").read_text()
     rng = np.random.default_rng(3)
     dirs = []
     for i in range(CASES):
         case = tmp_path / str(i)
         case.mkdir()
-        for name in ("model.so", "weights.bin"):
+        for entry in artifact.iterdir():
+            if entry.name == "metadata.json":
+                continue
             try:
-                os.link(t16_artifact / name, case / name)
+                os.link(entry, case / entry.name)
             except OSError:
-                shutil.copyfile(t16_artifact / name, case / name)
+                shutil.copyfile(entry, case / entry.name)
         (case / "metadata.json").write_text(tampered_metadata(text, rng), encoding="latin-1")
         dirs.append(case)
-    lines = run_harness(cpp_build, "artifact", [t16_artifact, *dirs])
+    lines = run_harness(cpp_build, "artifact", [artifact, *dirs])
     assert lines[0] == "ok"  # the untouched artifact is read
     assert sum(line.startswith("refused: ") for line in lines) > CASES // 4
+
+
+# A tokenizer case parses half a megabyte (0.25 s): 10 cases in `make test`, 200 in `make fuzz`.
+TOKENIZER_CASES = max(CASES // 15, 10)
+
+
+def tampered_tables(text: str, rng: np.random.Generator) -> str:
+    """Half byte mutations (mostly broken JSON), half valid JSON with one value replaced."""
+    if rng.integers(0, 2):
+        return mutate(text.encode(), rng).decode("latin-1")
+    tables = json.loads(text)
+    key = sorted(tables)[int(rng.integers(0, len(tables)))]
+    paths = list(_leaves(tables[key]))
+    path = paths[int(rng.integers(0, min(len(paths), 50)))]  # the first entries: a hot part
+    value = HOSTILE_VALUES[int(rng.integers(0, len(HOSTILE_VALUES)))]
+    tables[key] = _replace(tables[key], path, value)
+    return json.dumps(tables)
+
+
+def test_tampered_tokenizer_files_are_read_or_refused(cpp_build, tmp_path):
+    from pe_port import tokenizer, tokenizer_export
+
+    merges = tokenizer_export.merges_text(tokenizer.find_vocab()).encode("utf-8")
+    tables = tokenizer_export.tables_json()
+    rng = np.random.default_rng(4)
+    valid = tmp_path / "valid"
+    valid.mkdir()
+    (valid / "merges.txt").write_bytes(merges)
+    (valid / "tables.json").write_text(tables)
+    dirs = []
+    for i in range(TOKENIZER_CASES):
+        case = tmp_path / str(i)
+        case.mkdir()
+        damaged = "merges.txt" if i % 3 == 0 else "tables.json"
+        kept = "tables.json" if damaged == "merges.txt" else "merges.txt"
+        try:
+            os.link(valid / kept, case / kept)
+        except OSError:
+            shutil.copyfile(valid / kept, case / kept)
+        data = (mutate(merges, rng) if damaged == "merges.txt"
+                else tampered_tables(tables, rng).encode("latin-1"))
+        (case / damaged).write_bytes(data)
+        dirs.append(case)
+    lines = run_harness(cpp_build, "tokenizer", [valid, *dirs])
+    assert lines[0] == "ok"  # the files export writes are read
+    assert any(line.startswith("refused: ") for line in lines)
