@@ -245,10 +245,10 @@ def _traced_tvm(reference, x):
     return lambda: vm["main"](data)
 
 
-def time_runner(runner: str, model: str, batch: int, repeats: int) -> dict:
-    """Median wall time of `repeats` runs after warm-up runs, in this process."""
+def time_runner(runner: str, model: str, batch: int, repeats: int, warmup: int = 3) -> dict:
+    """Median wall time of `repeats` runs after `warmup` untimed ones, in this process."""
     run = make_runner(runner, model, batch)
-    return {"ms": 1000 * median_seconds(run, repeats), "runs": repeats}
+    return {"ms": 1000 * median_seconds(run, repeats, warmup), "runs": repeats}
 
 
 def _onnxruntime_matmul(a: np.ndarray, b: np.ndarray) -> Callable[[], object]:
@@ -304,7 +304,8 @@ def _worker(argv: list[str]) -> None:
         print(json.dumps(matmul_ceiling()))
         return
     runner, model, batch, repeats = argv[0], argv[1], int(argv[2]), int(argv[3])
-    print(json.dumps(time_runner(runner, model, batch, repeats)))
+    warmup = int(argv[4]) if len(argv) > 4 else 3
+    print(json.dumps(time_runner(runner, model, batch, repeats, warmup)))
 
 
 if __name__ == "__main__":

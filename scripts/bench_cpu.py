@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
+    # Zero-shot over 1,000 labels runs for minutes in the peers: one untimed run is enough there.
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     parser.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=RUNNERS)
     args = parser.parse_args()
 
@@ -61,7 +63,8 @@ def main() -> int:
                 progress(f"bench: {model} batch {batch} {runner}")
                 # The traced route runs unscheduled kernels: time it once, not `repeats` times.
                 repeats = 1 if runner == "tvm-torch-export" else args.repeats
-                times[runner] = measure_in_subprocess([runner, model, str(batch), str(repeats)])
+                times[runner] = measure_in_subprocess([runner, model, str(batch), str(repeats),
+                                                       str(args.warmup)])
             rows.append((model, batch, times))
     print_table(rows, ceiling, args.runners)
     return 0
