@@ -201,9 +201,11 @@ def _damaged(tmp_path, checkpoint, half: bool):
     return path
 
 
-def test_cli_process_prints_no_traceback(tmp_path):
+@pytest.mark.parametrize("module", ["pe_port.cli", "pe_port"])
+def test_cli_process_prints_no_traceback(module, tmp_path):
+    """Both `python -m pe_port.cli` and `python -m pe_port` are the `pe-port` command."""
     result = subprocess.run(
-        [sys.executable, "-m", "pe_port.cli", "encode", "PE-Nope", "--input", "x.npy",
+        [sys.executable, "-m", module, "encode", "PE-Nope", "--input", "x.npy",
          "--output", str(tmp_path / "o.npy")],
         capture_output=True, text=True, check=False,
     )
