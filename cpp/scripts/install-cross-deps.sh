@@ -7,6 +7,7 @@
 # elsewhere, without root, or when apt cannot get them, it says so and the aarch64 test skips.
 # Run by `make cross-deps`, hence by `make test`.
 set -eu
+. "$(dirname "$0")/apt-lib.sh"
 
 # libstdc++6:arm64 so that one C library serves pe_infer under qemu: `-L /usr/aarch64-linux-gnu`
 # (the cross toolchain's copy, another build) loaded its ld.so beside the multiarch libc, and
@@ -21,23 +22,13 @@ if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>
     exit 0
 fi
 
-missing=""
-for package in $packages; do
-    status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
-    case "$status" in
-        *"install ok installed"*) ;;
-        *) missing="$missing $package" ;;
-    esac
-done
+# shellcheck disable=SC2086
+missing=$(missing_packages $packages)
 if [ -z "$missing" ]; then
     exit 0
 fi
 
-if [ "$(id -u)" -eq 0 ]; then
-    run=""
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    run="sudo -n"
-else
+if ! root_runner; then
     echo "cross-deps: missing packages:$missing; install them with" \
          "'sudo dpkg --add-architecture arm64 && sudo apt-get update &&" \
          "sudo apt-get install$missing' (the aarch64 test skips without them)" >&2

@@ -3,6 +3,7 @@
 # cmake, a C++ compiler, make, libpng, libjpeg and zlib headers. Debian/Ubuntu (apt-get) only;
 # elsewhere it says what to install. Run by `make cpp-deps`, hence by `make test`.
 set -eu
+. "$(dirname "$0")/apt-lib.sh"
 
 packages="cmake g++ make libpng-dev libjpeg-dev zlib1g-dev"
 
@@ -12,23 +13,13 @@ if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>
     exit 0
 fi
 
-missing=""
-for package in $packages; do
-    status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
-    case "$status" in
-        *"install ok installed"*) ;;
-        *) missing="$missing $package" ;;
-    esac
-done
+# shellcheck disable=SC2086
+missing=$(missing_packages $packages)
 if [ -z "$missing" ]; then
     exit 0
 fi
 
-if [ "$(id -u)" -eq 0 ]; then
-    run=""
-elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    run="sudo -n"
-else
+if ! root_runner; then
     echo "cpp-deps: missing packages:$missing; install them with" \
          "'sudo apt-get install$missing' (the C++ tests fail to build without them)" >&2
     exit 0
