@@ -148,6 +148,18 @@ int JsonDepth(const std::vector<uint8_t>& text) {
   return deepest;
 }
 
+Any ParseJson(const std::vector<uint8_t>& text, std::string* error) {
+  tvm::ffi::String parse_error;
+  Any root;
+  try {
+    root = json::Parse(tvm::ffi::String(std::string(text.begin(), text.end())), &parse_error);
+  } catch (const std::exception& err) {
+    parse_error = err.what();
+  }
+  *error = std::string(parse_error);
+  return root;
+}
+
 uint32_t Crc32(const uint8_t* data, uint64_t size) {
   uLong crc = crc32(0L, Z_NULL, 0);
   for (uint64_t done = 0; done < size;) {
@@ -350,15 +362,10 @@ Artifact LoadArtifact(const std::string& dir) {
   }
   std::vector<uint8_t> bytes = ReadFile(a.metadata_path, "artifact metadata");
   CheckMetadataShape(a.metadata_path, bytes);
-  tvm::ffi::String error;
-  Any root;
-  try {
-    root = json::Parse(tvm::ffi::String(std::string(bytes.begin(), bytes.end())), &error);
-  } catch (const std::exception& err) {
-    error = err.what();
-  }
+  std::string error;
+  Any root = ParseJson(bytes, &error);
   if (!error.empty()) {
-    Fail("artifact metadata ", a.metadata_path, " is not valid JSON: ", std::string(error));
+    Fail("artifact metadata ", a.metadata_path, " is not valid JSON: ", error);
   }
   Fields f(a.metadata_path);
   json::Object meta = f.Object(root, "the top level");
@@ -395,8 +402,9 @@ Artifact LoadArtifact(const std::string& dir) {
 
   // The target is TVM's JSON of the target; its "kind" says which device the code runs on.
   std::string target = f.Str(f.Get(meta, "target", ""), "target");
-  Any target_json = json::Parse(tvm::ffi::String(target), &error);
-  if (!error.empty() || target_json.type_index() != TypeIndex::kTVMFFIMap) {
+  tvm::ffi::String target_error;
+  Any target_json = json::Parse(tvm::ffi::String(target), &target_error);
+  if (!target_error.empty() || target_json.type_index() != TypeIndex::kTVMFFIMap) {
     f.Bad("target", "is not a TVM target description");
   }
   a.target_kind = f.Str(f.Get(f.Object(target_json, "target"), "kind", "target"), "target.kind");

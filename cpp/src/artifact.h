@@ -2,6 +2,8 @@
 #ifndef PE_INFER_ARTIFACT_H_
 #define PE_INFER_ARTIFACT_H_
 
+#include <tvm/ffi/any.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -82,6 +84,10 @@ uint32_t Crc32(const uint8_t* data, uint64_t size);
 // The deepest nesting of arrays and objects in JSON `text`, brackets inside strings not counted:
 // checked before parsing, since the parser recurses once per level.
 int JsonDepth(const std::vector<uint8_t>& text);
+
+// `text` parsed by tvm-ffi's JSON parser. A parse error, reported by the parser or thrown by it,
+// is put in `error` (empty on success) with a null result.
+tvm::ffi::Any ParseJson(const std::vector<uint8_t>& text, std::string* error);
 
 }  // namespace pe
 

@@ -297,14 +297,9 @@ void Tokenizer::ReadTables() {
   const std::string& path = files_.tables_path;
   std::vector<uint8_t> bytes = ReadChecked(path, "tokenizer tables", files_.tables_crc32);
   if (JsonDepth(bytes) > kMaxTablesDepth) Fail("tokenizer tables ", path, " nest too deep");
-  tvm::ffi::String error;
-  Any root;
-  try {
-    root = json::Parse(tvm::ffi::String(std::string(bytes.begin(), bytes.end())), &error);
-  } catch (const std::exception& err) {
-    error = err.what();
-  }
-  if (!error.empty()) Fail("tokenizer tables ", path, " are not valid JSON: ", std::string(error));
+  std::string error;
+  Any root = ParseJson(bytes, &error);
+  if (!error.empty()) Fail("tokenizer tables ", path, " are not valid JSON: ", error);
   Tables t(path, root);
   if (t.Str(t.Get("format"), "format") != kTablesFormat) {
     t.Bad("format", std::string("is not '") + kTablesFormat + "'");
