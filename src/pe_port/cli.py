@@ -15,6 +15,8 @@ import numpy as np
 
 from pe_port.config import DTYPES, MODEL_NAMES
 from pe_port.errors import UserError
+from pe_port.outputs import check_output, check_writable_dir
+from pe_port.streaming import list_images
 
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                       (2, 0): np.lib.format.read_array_header_2_0}
@@ -68,7 +70,7 @@ def _encode_pixels(args: argparse.Namespace, config) -> int:
     from pe_port.api import load
     from pe_port.runtime import check_images
 
-    output = _checked_output_file(args.output)
+    output = check_output(args.output, (".npy",))
     pixels = check_images(_read_npy(Path(args.input[0])), config)
     encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch)
     result = _model_function(args, encoder)(pixels)
@@ -91,14 +93,9 @@ def _encode_image_files(args: argparse.Namespace, config) -> int:
     """Image files in batches, written shard by shard (`outputs.py`): flat memory, progress,
     `--resume` and `--on-error skip`."""
     from pe_port.api import load, stderr_progress
-    from pe_port.outputs import EmbeddingJob, check_output, errors_path, index_path
+    from pe_port.outputs import EmbeddingJob, errors_path, index_path
     from pe_port.progress import ImageProgress
-    from pe_port.streaming import (
-        default_batch_size,
-        embedded_batches,
-        list_images,
-        read_input_list,
-    )
+    from pe_port.streaming import default_batch_size, embedded_batches, read_input_list
 
     files = list_images(args.input or [], args.recursive)
     if args.input_list:
@@ -197,7 +194,7 @@ def _cmd_encode_text(args: argparse.Namespace) -> int:
 
     text_config(args.model)  # a model without a text tower fails before anything is read
     texts = _texts(args.text, args.text_file, "text")
-    output = _checked_output_file(args.output)
+    output = check_output(args.output, (".npy",))
     encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch)
     result = encoder.encode_text(texts, normalize=args.normalize)
     _save_npy_atomically(output, result)
@@ -221,7 +218,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     templates = _read_lines(args.templates, "templates") if args.templates else None
     if templates is not None and (not templates or any("{}" not in t for t in templates)):
         raise UserError(f"templates file {args.templates}: each line needs a {{}} for the label")
-    files = _image_files(args.input)
+    files = list_images(args.input)
     encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch)
     probabilities = encoder.zero_shot(files, labels, templates, center_crop=args.center_crop)
     top_k = min(args.top_k, len(labels))
@@ -244,7 +241,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     text_config(args.model)
     query = _texts([args.query], None, "query")
-    files = _image_files(args.input)
+    files = list_images(args.input)
     encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch)
     images = normalized(encoder.encode_images(files, center_crop=args.center_crop))
     scores = images @ encoder.encode_text(query, normalize=True)[0]
@@ -260,7 +257,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     out = Path(args.output).absolute()
     check_export_destination(out)  # never replaces anything but an earlier artifact
-    _check_writable_dir(out.parent)
+    check_writable_dir(out.parent)
     check_feature_variants(args.features_variant, get_config(args.model).layers)  # before loading
     # Exporting is a (cross-)compile: the target's device need not be on this machine.
     encoder = load(args.model, args.checkpoint, args.target, args.dtype, arch=args.arch,
@@ -283,7 +280,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise UserError(f"output {output} must end with .safetensors")
     if output.is_dir():
         raise UserError(f"output {output} is a folder")
-    _check_writable_dir(output.parent.absolute())
+    check_writable_dir(output.parent.absolute())
     weights = unwrapped(read_state_dict(args.checkpoint))
     _write_atomically(output, lambda path: save_file(weights, str(path)))
     print(f"pe-port: wrote {output} ({len(weights)} tensors)", file=sys.stderr)
@@ -313,12 +310,6 @@ def _input_kind(inputs: list[str]) -> str:
         if not Path(item).exists():
             raise UserError(f"input {item} does not exist")
     return "images"
-
-
-def _image_files(inputs: list[str]) -> list[Path]:
-    from pe_port.streaming import list_images
-
-    return list_images(inputs)
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -353,23 +344,6 @@ def _read_npy(path: Path) -> np.ndarray:
     except (ValueError, OSError, EOFError) as err:
         raise UserError(f"cannot read {path} as a .npy array: {err}") from None
     return np.ascontiguousarray(array) if fortran_order else array
-
-
-def _check_writable_dir(folder: Path) -> None:
-    if not folder.is_dir():
-        raise UserError(f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"output folder {folder} is not writable")
-
-
-def _checked_output_file(output: str) -> Path:
-    path = Path(output)
-    if path.suffix != ".npy":
-        raise UserError(f"output {path} must end with .npy")
-    if path.is_dir():
-        raise UserError(f"output {path} is a folder")
-    _check_writable_dir(path.parent)
-    return path
 
 
 def _save_npy_atomically(path: Path, array: np.ndarray) -> None:

@@ -36,11 +36,12 @@ ROW_GROUP_BYTES = 64 << 20
 COPY_CHUNK = 1 << 20
 
 
-def check_output(output: str | Path) -> Path:
-    """An output path ending in .npy or .parquet in a writable folder; checked before work."""
+def check_output(output: str | Path, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES) -> Path:
+    """An output path ending in one of `suffixes` (default .npy or .parquet) in a writable
+    folder; checked before work."""
     path = Path(output)
-    if path.suffix not in OUTPUT_SUFFIXES:
-        raise UserError(f"output {path} must end with {' or '.join(OUTPUT_SUFFIXES)}")
+    if path.suffix not in suffixes:
+        raise UserError(f"output {path} must end with {' or '.join(suffixes)}")
     if path.is_dir():
         raise UserError(f"output {path} is a folder")
     if path.suffix == ".parquet":
@@ -49,12 +50,15 @@ def check_output(output: str | Path) -> Path:
         except ImportError:
             raise UserError("Parquet output needs pyarrow: "
                             "pip install 'pe-port[parquet]'") from None
-    folder = path.parent
+    check_writable_dir(path.parent)
+    return path
+
+
+def check_writable_dir(folder: Path) -> None:
     if not folder.is_dir():
         raise UserError(f"output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise UserError(f"output folder {folder} is not writable")
-    return path
 
 
 def index_path(output: Path) -> Path:
