@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pe_port.cli import _image_files, _read_npy, main
+from pe_port.cli import _read_npy, main
 from pe_port.errors import UserError
 from pe_port.preprocess import MAX_IMAGE_PIXELS, load_image, preprocess
+from pe_port.streaming import list_images
 
 CASES_PER_FORMAT = int(os.environ.get("PE_FUZZ_CASES", "150"))  # `make fuzz`: thousands
 
@@ -131,7 +132,7 @@ def test_a_fifo_is_refused_not_waited_on(inside_folder, tmp_path, capsys):
     fifo = folder / "x.png"
     os.mkfifo(fifo)
     with pytest.raises(UserError, match="not a regular file"):
-        _image_files([str(folder if inside_folder else fifo)])
+        list_images([str(folder if inside_folder else fifo)])
     code = main(["encode", "PE-Core-T16-384", "--input", str(fifo), "--output",
                  str(tmp_path / "o.npy")])
     assert code == 2 and "not a regular file" in capsys.readouterr().err
