@@ -158,17 +158,18 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float, causal: bool,
         kt = T.match_buffer(var_kt, (batch, heads, chunks, head_dim, per_chunk), "float32")
         v = T.match_buffer(var_v, (batch, keys, heads, head_dim), "float32")
         out = T.match_buffer(var_out, (batch, seq, heads * head_dim), "float32")
-        row_tiles = (seq + rows - 1) // rows
+        row_tiles: T.let[T.int64] = (seq + rows - 1) // rows
         for task in T.parallel(batch * heads * row_tiles):
             # task -> (image b, head h, first query row r0); rows past `seq` read row seq - 1.
-            b = task // (heads * row_tiles)
-            h = task // row_tiles % heads
-            r0 = task % row_tiles * rows
+            # Bound with `T.let`: a plain name would be a one-element buffer allocated per task.
+            b: T.let[T.int64] = task // (heads * row_tiles)
+            h: T.let[T.int64] = task // row_tiles % heads
+            r0: T.let[T.int64] = task % row_tiles * rows
             scores = T.alloc_buffer((rows, chunks * per_chunk), "float32")
-            tile = T.alloc_buffer((rows, per_chunk), "float32", scope="local")
-            acc = T.alloc_buffer((rows, dcols), "float32", scope="local")
-            row_max = T.alloc_buffer((rows,), "float32", scope="local")
-            row_sum = T.alloc_buffer((rows,), "float32", scope="local")
+            tile = T.alloc_buffer((rows, per_chunk), "float32")
+            acc = T.alloc_buffer((rows, dcols), "float32")
+            row_max = T.alloc_buffer((rows,), "float32")
+            row_sum = T.alloc_buffer((rows,), "float32")
             for chunk in range(seen_chunks(chunks, r0)):
                 for i in T.unroll(rows):
                     for j in T.vectorized(per_chunk):
@@ -186,8 +187,8 @@ def make_attention_kernel(heads: int, head_dim: int, scale: float, causal: bool,
                             T.float32(NEG_LARGE))
             for i in range(rows):
                 # Per row: a vector of running maxima and sums, then one horizontal step.
-                lane_max = T.alloc_buffer((lanes,), "float32", scope="local")
-                lane_sum = T.alloc_buffer((lanes,), "float32", scope="local")
+                lane_max = T.alloc_buffer((lanes,), "float32")
+                lane_sum = T.alloc_buffer((lanes,), "float32")
                 for j in T.vectorized(lanes):
                     lane_max[j] = T.float32(NEG_LARGE)
                     lane_sum[j] = T.float32(0)

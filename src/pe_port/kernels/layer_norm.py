@@ -33,10 +33,10 @@ def make_layer_norm_kernel(width: int, eps: float):
         bias = T.match_buffer(var_bias, (width,), "float32")
         out = T.match_buffer(var_out, (batch, seq, width), "float32")
         for row in T.parallel(batch * seq):
-            b = row // seq
-            s = row % seq
-            partial = T.alloc_buffer((lanes,), "float32", scope="local")
-            stats = T.alloc_buffer((2,), "float32", scope="local")  # mean, 1 / std
+            b: T.let[T.int64] = row // seq  # a let: a plain name would be a buffer per row
+            s: T.let[T.int64] = row % seq
+            partial = T.alloc_buffer((lanes,), "float32")
+            stats = T.alloc_buffer((2,), "float32")  # mean, 1 / std
             for j in T.vectorized(lanes):
                 partial[j] = T.float32(0)
             for v in range(vectors):
