@@ -88,3 +88,43 @@ def test_a_kernel_no_rule_fits_is_a_warning_where_not_strict():
 
     with pytest.warns(UnscheduledKernelWarning, match="lonely_kernel"):
         require_scheduled("CPU", strict=False)(tvm.IRModule({"lonely_kernel": lonely}))
+
+
+def lowered_script(kernel: tirx.PrimFunc) -> str:
+    """The kernel as the CPU build lowers it, just after `LowerTVMBuiltin` (where a buffer
+    becomes either a stack slot or a `TVMBackendAllocWorkspace` call)."""
+    seen = {}
+
+    @tvm.ir.instrument.pass_instrument
+    class Capture:
+        def run_after_pass(self, mod, info):
+            if info.name == "tirx.LowerTVMBuiltin":
+                seen["script"] = mod.script()
+
+    with tvm.transform.PassContext(instruments=[Capture()]):
+        tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
+                    target=cpu_target())
+    return seen["script"]
+
+
+@pytest.mark.parametrize("kind", ["dense", "attention", "causal_attention", "layer_norm"])
+def test_cpu_kernels_allocate_no_heap_memory_per_task(kind):
+    """A name assigned without `T.let` in TVMScript becomes a one-element buffer, and a
+    `scope="local"` buffer is never put on the stack: inside the parallel loop either one is
+    a `TVMBackendAllocWorkspace` and a free per task (a tenth of PE-Core-T16-384's time at
+    batch 8). The attention's scores row has a size known only at run time: its one workspace
+    per task is the exception."""
+    from pe_port.kernels.attention import make_attention_kernel
+    from pe_port.kernels.dense import make_dense_kernel
+    from pe_port.kernels.isa import vector_isa
+    from pe_port.kernels.layer_norm import make_layer_norm_kernel
+
+    isa = vector_isa(cpu_target())
+    kernel, allowed = {
+        "dense": lambda: (make_dense_kernel(48, 32, "gelu", "scaled_add", isa), 0),
+        "attention": lambda: (make_attention_kernel(2, 32, 0.125, False, isa), 1),
+        "causal_attention": lambda: (make_attention_kernel(2, 32, 0.125, True, isa), 1),
+        "layer_norm": lambda: (make_layer_norm_kernel(48, 1e-6), 0),
+    }[kind]()
+    script = lowered_script(kernel)
+    assert script.count("TVMBackendAllocWorkspace") == allowed, script
