@@ -125,15 +125,19 @@ def make_dense_kernel(k: int, n: int, activation: str | None, residual: str | No
         # Column-panel major within a block of rows: the tasks a thread runs in a row share
         # one weight panel `[k, cols]`, which stays in L2 while the thread walks down the rows
         # of the block. An x that fits the cache is one block (see X_CACHED_BYTES).
+        # Truncating division (all operands are non-negative): Python's `//` is TVM's floordiv,
+        # which `LowerIntrin` expands by repeating its operands, and nested through these
+        # bindings that took 16 s per kernel to compile.
         blocks: T.let[T.int64] = T.Select(
             m_total * (k * 4) > x_cached_bytes,
-            (row_tiles + block_tiles_wanted - 1) // block_tiles_wanted, T.int64(1))
+            T.truncdiv(row_tiles + block_tiles_wanted - 1, block_tiles_wanted), T.int64(1))
         # Balanced blocks: no near-empty last block leaving one thread idle.
-        block_tiles: T.let[T.int64] = (row_tiles + blocks - 1) // blocks
+        block_tiles: T.let[T.int64] = T.truncdiv(row_tiles + blocks - 1, blocks)
         for task in T.parallel(blocks * col_tiles * block_tiles):
-            panel: T.let[T.int64] = task % (col_tiles * block_tiles) // block_tiles
-            block: T.let[T.int64] = task // (col_tiles * block_tiles)
-            row0: T.let[T.int64] = (block * block_tiles + task % block_tiles) * rows
+            panel: T.let[T.int64] = T.truncdiv(T.truncmod(task, col_tiles * block_tiles),
+                                               block_tiles)
+            block: T.let[T.int64] = T.truncdiv(task, col_tiles * block_tiles)
+            row0: T.let[T.int64] = (block * block_tiles + T.truncmod(task, block_tiles)) * rows
             if row0 < m_total:
                 acc = T.alloc_buffer((rows, cols), "float32")
                 for i in T.unroll(rows):
