@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -32,6 +33,27 @@ def rel_error(actual: np.ndarray, expected) -> float:
     expected = np.asarray(expected)
     assert np.shape(actual) == expected.shape, f"shape {np.shape(actual)} != {expected.shape}"
     return relative_error(actual, expected)
+
+
+def compile_kernel(kernel, target=None):
+    """One TIR kernel built alone as `main` (for `target`, this CPU by default); the library."""
+    import tvm
+
+    from pe_port.build import cpu_target
+
+    return tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
+                       target=target or cpu_target())
+
+
+def dense_reference(x, w, bias, activation, res, gamma):
+    """What the dense kernels compute, in the inputs' (float64) precision: `x @ w.T + bias`,
+    then exact GELU or the (LayerScale-scaled) residual add."""
+    y = x @ w.T + bias
+    if activation == "gelu":
+        y = y * 0.5 * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
+    if gamma is not None:
+        y = gamma * y
+    return y if res is None else res + y
 
 
 def backend_named(name: str):

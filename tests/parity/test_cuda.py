@@ -23,6 +23,7 @@ from bench.backends import UnfusedAttentionGpuBackend
 from pe_port.build import build, build_text_tower, build_tower, cuda_target, export_tower
 from pe_port.config import custom_config, custom_text_config
 from pe_port.kernels.attention import make_flash_attention_kernel
+from tests.helpers import compile_kernel
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 has_gpu = tvm.cuda(0).exist
@@ -118,8 +119,7 @@ def test_unfused_attention_variant_cross_compiles():
 def test_flash_attention_fits_in_registers(dtype, tmp_path):
     """PE's head size (64): ptxas must keep the query row and accumulator in registers."""
     kernel = make_flash_attention_kernel(12, 64, 0.125, dtype)
-    lib = tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
-                      target=cuda_target("sm_90"))
+    lib = compile_kernel(kernel, cuda_target("sm_90"))
     source = tmp_path / "attention.cu"
     source.write_text(cuda_source(lib))
     report = subprocess.run(

@@ -12,14 +12,13 @@ products sit near 1e-7).
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import rel_error
+from tests.helpers import compile_kernel, dense_reference, rel_error
 
 TOLERANCE = 1e-5
 
@@ -29,20 +28,15 @@ def compiled_dense(k: int, n: int, activation: str | None, residual: str | None,
                    block_rows: int):
     """The kernel for this CPU, blocked whatever its input (`x_cached_bytes=0`), in blocks of
     about `block_rows` rows."""
-    import tvm
-
     from pe_port.build import cpu_target
     from pe_port.kernels.dense import dense_tile, make_dense_kernel
     from pe_port.kernels.isa import vector_isa
 
-    target = cpu_target()
-    isa = vector_isa(target)
-    rows, cols = dense_tile(n, isa)
+    isa = vector_isa(cpu_target())
+    _, cols = dense_tile(n, isa)
     kernel = make_dense_kernel(k, n, activation, residual, isa, x_cached_bytes=0,
                                x_block_bytes=block_rows * k * 4)
-    library = tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
-                          target=target)
-    return library["main"], cols
+    return compile_kernel(kernel)["main"], cols
 
 
 def run_dense(x, weight, bias, activation, residual, gamma, block_rows):
@@ -56,15 +50,6 @@ def run_dense(x, weight, bias, activation, residual, gamma, block_rows):
     out = tvm.runtime.tensor(np.zeros((*x.shape[:2], n), np.float32))
     kernel(*[tvm.runtime.tensor(a) for a in args], out)
     return out.numpy()
-
-
-def expected(x, weight, bias, activation, residual, gamma):
-    y = x.astype(np.float64) @ weight.T.astype(np.float64) + bias
-    if activation == "gelu":
-        y = 0.5 * y * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
-    if gamma is not None:
-        y = gamma * y
-    return y if residual is None else residual + y
 
 
 @pytest.mark.parametrize("k, n, activation, residual, gamma, block_rows", [
@@ -85,5 +70,7 @@ def test_blocked_dense_matches_numpy(k, n, activation, residual, gamma, block_ro
     res = draw(batch, seq, n) if residual else None
     scale = draw(n) if gamma else None
     got = run_dense(x, weight, bias, activation, res, scale, block_rows)
-    error = rel_error(got, expected(x, weight, bias, activation, res, scale))
+    want = dense_reference(*(a.astype(np.float64) for a in (x, weight, bias)), activation,
+                           res, scale)
+    error = rel_error(got, want)
     assert error <= TOLERANCE, f"relative error {error:.2e} > {TOLERANCE:.0e}"

@@ -18,7 +18,6 @@ Tolerances (relative error, float64 references):
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import pytest
@@ -27,14 +26,15 @@ import tvm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pe_port.build import cpu_target
 from pe_port.config import custom_config
 from pe_port.kernels.attention import make_flash_attention_kernel
 from pe_port.kernels.dense import make_gpu_dense_kernel
 from pe_port.runtime import to_numpy_dtype
 from tests.helpers import (
     UNIT_ROUNDOFF,
+    compile_kernel,
     compile_tower,
+    dense_reference,
     half_precision_limit,
     numpy_weights,
     random_images,
@@ -52,8 +52,7 @@ def attention_tolerance(dtype: str) -> float:
 @functools.cache
 def emulated_attention(heads: int, head_dim: int, dtype: str):
     kernel = make_flash_attention_kernel(heads, head_dim, head_dim**-0.5, dtype, emulate=True)
-    return tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
-                       target=cpu_target())["main"]
+    return compile_kernel(kernel)["main"]
 
 
 def reference_attention(q, k, v, scale):
@@ -110,23 +109,12 @@ def test_flash_attention_softmax_survives_large_scores():
 @functools.cache
 def cpu_gpu_dense(k: int, n: int, dtype: str, activation: str | None, residual: str | None):
     """The GPU build's dense kernel before its schedule (the loop nest dlight tiles)."""
-    kernel = make_gpu_dense_kernel(k, n, dtype, activation, residual)
-    return tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
-                       target=cpu_target())["main"]
+    return compile_kernel(make_gpu_dense_kernel(k, n, dtype, activation, residual))["main"]
 
 
 # (dtype, k, n, activation, residual): each a compile; odd sizes, every epilogue once.
 DENSES = [("float16", 24, 40, "gelu", None), ("float16", 16, 8, None, "scaled_add"),
           pytest.param(("bfloat16", 16, 8, None, "add"), marks=pytest.mark.slow)]
-
-
-def dense_reference(x, w, bias, activation, res, gamma):
-    y = x @ w.T + bias
-    if activation == "gelu":
-        y = y * 0.5 * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
-    if gamma is not None:
-        y = gamma * y
-    return y if res is None else res + y
 
 
 @pytest.mark.parametrize("case", DENSES)

@@ -16,6 +16,7 @@ from pe_port.backends import GPU, for_target
 from pe_port.build import cpu_target, cuda_target, export_tower
 from pe_port.config import custom_config
 from pe_port.kernels.schedule_cpu import UnscheduledKernelWarning, require_scheduled
+from tests.helpers import compile_kernel
 
 # Every op the towers use: RoPE and absolute posemb, cls token, attention pool, projection;
 # width 40 is not a multiple of 16, so the generic layer norm is scheduled too.
@@ -102,8 +103,7 @@ def lowered_script(kernel: tirx.PrimFunc) -> str:
                 seen["script"] = mod.script()
 
     with tvm.transform.PassContext(instruments=[Capture()]):
-        tvm.compile(tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")}),
-                    target=cpu_target())
+        compile_kernel(kernel)
     return seen["script"]
 
 
