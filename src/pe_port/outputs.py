@@ -253,10 +253,19 @@ class EmbeddingJob:
         try:
             for staged, final in self._renames():
                 os.replace(staged, final)
+            for stale in self._stale_companions():
+                stale.unlink(missing_ok=True)
         except OSError as err:
             raise UserError(f"cannot write {self.output}: {err.strerror or err}") from None
         shutil.rmtree(self.staging)
         return rows, failures
+
+    def _stale_companions(self) -> list[Path]:
+        """Files beside a `.npy` output that belong to the one it replaced: an errors list from
+        an earlier `--on-error skip` run would otherwise name failures of another run."""
+        if self.output.suffix == ".parquet" or self.on_error == "skip":
+            return []
+        return [errors_path(self.output)]
 
     def _renames(self) -> list[tuple[Path, Path]]:
         """Staged file -> its place; the output itself last: its rename is what commits."""

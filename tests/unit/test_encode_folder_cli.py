@@ -93,6 +93,9 @@ def test_skip_goes_on_and_lists_the_corrupt_image(encoder, t16_checkpoint, image
     np.testing.assert_array_equal(np.load(out), one_call(encoder, images[:1]))
     assert (tmp_path / "emb.paths.txt").read_text() == f"{images[0]}\n"
     assert (tmp_path / "emb.errors.txt").read_text().startswith(f"{bad}\tcannot read image")
+    # A later run into the same output without failures leaves no errors list of this one.
+    assert encode(t16_checkpoint, "--input", images[0], "--output", out) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.png", "emb.npy", "emb.paths.txt"]
 
 
 def test_resume_after_an_interrupt_finishes_with_the_same_rows(
