@@ -1,20 +1,29 @@
 #!/usr/bin/env python3
-"""Time PE on this CPU: TVM (this port) against PyTorch eager, torch.compile, ONNX Runtime and the
-traced route (torch.export -> TVM frontend, same build), fp32, each in its own process.
+"""Time PE on this CPU: TVM (this port) against PyTorch eager, torch.compile, ONNX Runtime,
+OpenVINO and the traced route (torch.export -> TVM frontend, same build), fp32, each in its own
+process.
 
     .venv/bin/python scripts/bench_cpu.py [--models M ...] [--batches 1 8] [--repeats 5]
+                                          [--rounds 1]
 
 A model is a vision tower by name, `NAME:text` for a PE-Core text tower (batch = texts of 32
 tokens) or `NAME:zero-shot` (one image against batch labels; bench/peers.py). Prints one table:
 model, batch, ms per runner, ratio of TVM to the best peer (> 1: TVM is faster), TVM's GFLOP/s
-and its share of the fp32 matmul ceiling measured in the same run (not for zero-shot, whose
-label lengths vary).
+and its share of the fp32 matmul ceiling (not for zero-shot, whose label lengths vary).
+
+The ceiling is measured next to each row, just before its runners, not once for the whole run:
+on a shared cloud machine the speed of the cores drifts by 10-40% over a run of an hour, and a
+ceiling measured at another time measured the neighbours more than the port. With `--rounds R`
+each row runs all its runners (and the ceiling) R times in turn and reports each runner's median
+over the rounds (the ceiling: its best round), so a slow minute falls on every runner of a
+round rather than on one.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -48,26 +57,55 @@ def main() -> int:
     # Zero-shot over 1,000 labels runs for minutes in the peers: one untimed run is enough there.
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     parser.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=RUNNERS)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times each row runs all its runners in turn (median reported)")
     args = parser.parse_args()
 
-    ceiling = measure_in_subprocess(["ceiling"])
     rows = []
     for model in args.models:
         for batch in args.batches:
-            times = {}
-            for runner in args.runners:
-                if runner == "tvm-torch-export" and batch != min(args.batches):
-                    # The traced route runs unscheduled kernels (minutes per pass at batch 8).
-                    times[runner] = {"skipped": "traced route timed at the smallest batch only"}
-                    continue
-                progress(f"bench: {model} batch {batch} {runner}")
-                # The traced route runs unscheduled kernels: time it once, not `repeats` times.
-                repeats = 1 if runner == "tvm-torch-export" else args.repeats
-                times[runner] = measure_in_subprocess([runner, model, str(batch), str(repeats),
-                                                       str(args.warmup)])
-            rows.append((model, batch, times))
-    print_table(rows, ceiling, args.runners)
+            rounds = [measure_row(model, batch, args, r) for r in range(args.rounds)]
+            rows.append((model, batch, median_of_rounds(rounds)))
+    print_table(rows, args.runners)
     return 0
+
+
+def measure_row(model: str, batch: int, args: argparse.Namespace, round_index: int) -> dict:
+    """One round of a row: the matmul ceiling, then every runner, each in its own process."""
+    progress(f"bench: {model} batch {batch} round {round_index + 1}: ceiling")
+    times = {"ceiling": measure_in_subprocess(["ceiling"])}
+    for runner in args.runners:
+        if runner == "tvm-torch-export" and batch != min(args.batches):
+            # The traced route runs unscheduled kernels (minutes per pass at batch 8).
+            times[runner] = {"skipped": "traced route timed at the smallest batch only"}
+            continue
+        progress(f"bench: {model} batch {batch} round {round_index + 1}: {runner}")
+        # The traced route runs unscheduled kernels: time it once, not `repeats` times.
+        repeats = 1 if runner == "tvm-torch-export" else args.repeats
+        times[runner] = measure_in_subprocess([runner, model, str(batch), str(repeats),
+                                               str(args.warmup)])
+    return times
+
+
+def median_of_rounds(rounds: list[dict]) -> dict:
+    """Per runner, the median over the rounds that measured it (or the first round's reason
+    when none did); for the ceiling, the best round: noise only ever slows a matmul down, so the
+    best of the rounds is the closest to what the machine can do."""
+    merged = {}
+    for name in rounds[0]:
+        results = [r[name] for r in rounds]
+        key = "gflops" if name == "ceiling" else "ms"
+        values = [r[key] for r in results if key in r]
+        if not values:
+            merged[name] = results[0]
+        elif name == "ceiling":
+            measured = [r for r in results if key in r]
+            merged[name] = {key: max(values), "rounds": values,
+                            "each": {lib: max(r["each"][lib] for r in measured)
+                                     for lib in measured[0]["each"]}}
+        else:
+            merged[name] = {key: statistics.median(values), "rounds": values}
+    return merged
 
 
 def cpu_description() -> str:
@@ -91,14 +129,22 @@ def model_flops(model: str, batch: int) -> int | None:
     return None
 
 
-def print_table(rows, ceiling: dict, runners: list[str]) -> None:
-    each = ", ".join(f"{name} {value:.0f}" for name, value in ceiling.get("each", {}).items())
+def print_table(rows, runners: list[str]) -> None:
+    ceilings = [times["ceiling"] for _, _, times in rows if "gflops" in times["ceiling"]]
+    if ceilings:
+        values = [c["gflops"] for c in ceilings]
+        libraries = ", ".join(f"{name} {max(c['each'][name] for c in ceilings):.0f}"
+                              for name in ceilings[0]["each"])
+        span = (f"{min(values):.0f}" if round(min(values)) == round(max(values))
+                else f"{min(values):.0f}-{max(values):.0f}")
+        ceiling_text = (f"{span} GFLOP/s over the rows "
+                        f"(best 2048^3 matmul of: {libraries})")
+    else:
+        ceiling_text = rows[0][2]["ceiling"].get("skipped", "?") if rows else "?"
     print(f"machine: {cpu_description()}, {os.cpu_count()} CPUs; "
-          f"fp32 matmul ceiling {ceiling.get('gflops', float('nan')):.0f} GFLOP/s "
-          f"(best 2048^3 matmul of: {each or ceiling.get('skipped', '?')})")
-    ceiling = ceiling.get("gflops", float("nan"))
-    header = ["model", "batch"] + [f"{r} ms" for r in runners] + ["best peer / TVM", "GFLOP/s",
-                                                                   "% ceiling"]
+          f"fp32 matmul ceiling, measured next to each row: {ceiling_text}")
+    header = ["model", "batch"] + [f"{r} ms" for r in runners] + [
+        "best peer / TVM", "GFLOP/s", "ceiling GFLOP/s", "% ceiling"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for model, batch, times in rows:
@@ -109,17 +155,21 @@ def print_table(rows, ceiling: dict, runners: list[str]) -> None:
         tvm_ms = times.get("tvm", {}).get("ms")
         peers = [times[p]["ms"] for p in PEERS if p in times and "ms" in times[p]]
         flops = model_flops(model, batch)
-        if tvm_ms and peers and flops:
+        ceiling = times["ceiling"].get("gflops")
+        if tvm_ms and peers and flops and ceiling:
             gflops = flops / tvm_ms / 1e6
-            cells += [f"{min(peers) / tvm_ms:.2f}x", f"{gflops:.0f}",
+            cells += [f"{min(peers) / tvm_ms:.2f}x", f"{gflops:.0f}", f"{ceiling:.0f}",
                       f"{100 * gflops / ceiling:.0f}%"]
         elif tvm_ms and peers:
-            cells += [f"{min(peers) / tvm_ms:.2f}x", "-", "-"]
+            cells += [f"{min(peers) / tvm_ms:.2f}x", "-", "-", "-"]
         else:
-            cells += ["-", "-", "-"]
+            cells += ["-", "-", "-", "-"]
         print("| " + " | ".join(cells) + " |")
     for model, batch, times in rows:
         for runner, result in times.items():
+            if len(result.get("rounds", [])) > 1:
+                print(f"rounds {runner} ({model}, batch {batch}): "
+                      + ", ".join(f"{value:.1f}" for value in result["rounds"]))
             if "skipped" in result:
                 print(f"skipped {runner} ({model}, batch {batch}): {result['skipped']}")
 
