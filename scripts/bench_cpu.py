@@ -15,8 +15,9 @@ The ceiling is measured next to each row, just before its runners, not once for 
 on a shared cloud machine the speed of the cores drifts by 10-40% over a run of an hour, and a
 ceiling measured at another time measured the neighbours more than the port. With `--rounds R`
 each row runs all its runners (and the ceiling) R times in turn and reports each runner's median
-over the rounds (the ceiling: its best round), so a slow minute falls on every runner of a
-round rather than on one.
+over the rounds, so a slow minute falls on every runner of a round rather than on one; the share
+of the ceiling is the median of each round's TVM-to-ceiling ratio, both measured within a
+minute of each other.
 """
 
 from __future__ import annotations
@@ -88,24 +89,38 @@ def measure_row(model: str, batch: int, args: argparse.Namespace, round_index: i
 
 
 def median_of_rounds(rounds: list[dict]) -> dict:
-    """Per runner, the median over the rounds that measured it (or the first round's reason
-    when none did); for the ceiling, the best round: noise only ever slows a matmul down, so the
-    best of the rounds is the closest to what the machine can do."""
+    """Per runner (and the ceiling), the median over the rounds that measured it, with each
+    round's value (None where a round did not); the first round's reason when none did."""
     merged = {}
     for name in rounds[0]:
         results = [r[name] for r in rounds]
         key = "gflops" if name == "ceiling" else "ms"
-        values = [r[key] for r in results if key in r]
+        per_round = [r.get(key) for r in results]
+        values = [v for v in per_round if v is not None]
         if not values:
             merged[name] = results[0]
-        elif name == "ceiling":
-            measured = [r for r in results if key in r]
-            merged[name] = {key: max(values), "rounds": values,
-                            "each": {lib: max(r["each"][lib] for r in measured)
-                                     for lib in measured[0]["each"]}}
-        else:
-            merged[name] = {key: statistics.median(values), "rounds": values}
+            continue
+        merged[name] = {key: statistics.median(values), "rounds": per_round}
+        if name == "ceiling":
+            measured = [r["each"] for r in results if key in r]
+            merged[name]["each"] = {lib: statistics.median(each[lib] for each in measured)
+                                    for lib in measured[0]}
     return merged
+
+
+def share_of_ceiling(times: dict, flops: int) -> float | None:
+    """TVM's GFLOP/s as a share of the ceiling: the median over the rounds of each round's
+    pair (both measured within a minute of each other), else the ratio of the medians."""
+    tvm, ceiling = times.get("tvm", {}), times["ceiling"]
+    if "ms" not in tvm or "gflops" not in ceiling:
+        return None
+    pairs = [(ms, gflops) for ms, gflops in zip(tvm.get("rounds", [tvm["ms"]]),
+                                                ceiling.get("rounds", [ceiling["gflops"]]),
+                                                strict=True)
+             if ms is not None and gflops is not None]
+    if not pairs:
+        pairs = [(tvm["ms"], ceiling["gflops"])]
+    return statistics.median(flops / ms / 1e6 / gflops for ms, gflops in pairs)
 
 
 def cpu_description() -> str:
@@ -137,8 +152,8 @@ def print_table(rows, runners: list[str]) -> None:
                               for name in ceilings[0]["each"])
         span = (f"{min(values):.0f}" if round(min(values)) == round(max(values))
                 else f"{min(values):.0f}-{max(values):.0f}")
-        ceiling_text = (f"{span} GFLOP/s over the rows "
-                        f"(best 2048^3 matmul of: {libraries})")
+        ceiling_text = (f"{span} GFLOP/s over the rows, each the median of its rounds; the "
+                        f"best 2048^3 matmul of: {libraries} (the best row of each)")
     else:
         ceiling_text = rows[0][2]["ceiling"].get("skipped", "?") if rows else "?"
     print(f"machine: {cpu_description()}, {os.cpu_count()} CPUs; "
@@ -155,21 +170,19 @@ def print_table(rows, runners: list[str]) -> None:
         tvm_ms = times.get("tvm", {}).get("ms")
         peers = [times[p]["ms"] for p in PEERS if p in times and "ms" in times[p]]
         flops = model_flops(model, batch)
-        ceiling = times["ceiling"].get("gflops")
-        if tvm_ms and peers and flops and ceiling:
-            gflops = flops / tvm_ms / 1e6
-            cells += [f"{min(peers) / tvm_ms:.2f}x", f"{gflops:.0f}", f"{ceiling:.0f}",
-                      f"{100 * gflops / ceiling:.0f}%"]
-        elif tvm_ms and peers:
-            cells += [f"{min(peers) / tvm_ms:.2f}x", "-", "-", "-"]
+        cells.append(f"{min(peers) / tvm_ms:.2f}x" if tvm_ms and peers else "-")
+        share = share_of_ceiling(times, flops) if flops else None
+        if share is not None:
+            cells += [f"{flops / tvm_ms / 1e6:.0f}", f"{times['ceiling']['gflops']:.0f}",
+                      f"{100 * share:.0f}%"]
         else:
-            cells += ["-", "-", "-", "-"]
+            cells += ["-", "-", "-"]
         print("| " + " | ".join(cells) + " |")
     for model, batch, times in rows:
         for runner, result in times.items():
             if len(result.get("rounds", [])) > 1:
-                print(f"rounds {runner} ({model}, batch {batch}): "
-                      + ", ".join(f"{value:.1f}" for value in result["rounds"]))
+                print(f"rounds {runner} ({model}, batch {batch}): " + ", ".join(
+                    "-" if value is None else f"{value:.1f}" for value in result["rounds"]))
             if "skipped" in result:
                 print(f"skipped {runner} ({model}, batch {batch}): {result['skipped']}")
 
