@@ -12,6 +12,7 @@ tower, the image through the vision tower, normalised logits and the softmax.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,42 @@ SMALL_MODEL = "tiny"  # a 2-block custom tower: the smoke test's stand-in for of
 VISION, TEXT, ZERO_SHOT = "vision", "text", "zero-shot"
 # Zero-shot labels as prompts like "a photo of a {label}." tokenise to 7-12 ids with start and end.
 LABEL_LENGTHS = (7, 13)
+# An LLVM CPU name the TVM runners build for instead of this CPU (`bench_cpu.py --mcpu`).
+MCPU_VARIABLE = "PE_PORT_BENCH_MCPU"
+# x86 vector ISAs from narrowest to widest: a build for a wider one than this CPU's cannot run.
+X86_ISA_ORDER = ("sse2", "avx2", "avx512")
+
+
+# Holds the ceiling's BLAS libraries to AVX2 on a wider CPU, for the AVX2 build's ceiling
+# (`bench_cpu.py --mcpu haswell` on an AVX-512 machine). ONNX Runtime's MLAS has no such switch
+# and is left out of that ceiling.
+AVX2_BLAS_ENV = {"OPENBLAS_CORETYPE": "Haswell", "ATEN_CPU_CAPABILITY": "avx2",
+                 "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def tvm_cpu_target():
+    """The target the TVM runners build for: this CPU, or the LLVM CPU named in
+    `PE_PORT_BENCH_MCPU` (e.g. `haswell`, to time the AVX2 build on an AVX-512 machine). A name
+    LLVM does not know, or a CPU whose vector ISA this one cannot execute, is refused."""
+    import tvm
+    from tvm.target import codegen
+
+    from pe_port.build import cpu_target, host_triple
+    from pe_port.kernels.isa import vector_isa
+
+    mcpu = os.environ.get(MCPU_VARIABLE)
+    if not mcpu:
+        return cpu_target()
+    if not codegen.llvm_is_valid_cpu(mcpu, host_triple()):
+        raise SystemExit(f"{MCPU_VARIABLE}={mcpu}: not an LLVM CPU of {host_triple()}")
+    target = tvm.target.Target({"kind": "llvm", "mtriple": host_triple(), "mcpu": mcpu})
+    wanted, own = vector_isa(target).name, vector_isa(cpu_target()).name
+    runs_here = (X86_ISA_ORDER.index(wanted) <= X86_ISA_ORDER.index(own)
+                 if {wanted, own} <= set(X86_ISA_ORDER) else wanted == own)
+    if not runs_here:
+        raise SystemExit(f"{MCPU_VARIABLE}={mcpu}: a build for {wanted} cannot run on this "
+                         f"{own} CPU")
+    return target
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -137,13 +174,12 @@ def _make_text_runner(runner: str, name: str, config, ids: np.ndarray) -> Callab
     if runner == "tvm":
         import tvm
 
-        from pe_port.build import cpu_target
         from pe_port.runtime import TextTower
         from pe_port.threads import configure_tvm_threads
 
         configure_tvm_threads()
         weights = {k: v.numpy() for k, v in reference.state_dict().items()}
-        tower = TextTower(name, config, cpu_target(), "float32", weights)
+        tower = TextTower(name, config, tvm_cpu_target(), "float32", weights)
         device = tvm.cpu()
         return lambda: tower(ids, device)
     return _make_torch_runner(runner, reference, torch.from_numpy(ids))
@@ -156,11 +192,10 @@ def _make_vision_runner(runner: str, model: str, batch: int) -> Callable[[], obj
     images = _images(config, batch)
     reference = _reference(config)
     if runner == "tvm":
-        from pe_port.build import cpu_target
         from pe_port.runtime import Encoder
 
         weights = {k: v.numpy() for k, v in reference.state_dict().items()}
-        encoder = Encoder(model, config, cpu_target(), "float32", weights).prepare()
+        encoder = Encoder(model, config, tvm_cpu_target(), "float32", weights).prepare()
         return lambda: encoder(images)
     return _make_torch_runner(runner, reference, torch.from_numpy(images))
 
@@ -235,12 +270,12 @@ def _traced_tvm(reference, x):
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
-    from pe_port.build import build, cpu_target
+    from pe_port.build import build
 
     with torch.no_grad():
         program = torch.export.export(reference, (x,))
     mod = from_exported_program(program, keep_params_as_input=False)
-    vm = relax.VirtualMachine(build(mod, cpu_target()), tvm.cpu())
+    vm = relax.VirtualMachine(build(mod, tvm_cpu_target()), tvm.cpu())
     data = tvm.runtime.tensor(x.numpy())
     return lambda: vm["main"](data)
 
@@ -266,7 +301,7 @@ def _onnxruntime_matmul(a: np.ndarray, b: np.ndarray) -> Callable[[], object]:
     return lambda: session.run(None, {"A": a, "B": b})
 
 
-def matmul_ceiling(size: int = 2048, repeats: int = 10) -> dict:
+def matmul_ceiling(size: int = 2048, repeats: int = 10, with_onnxruntime: bool = True) -> dict:
     """The machine's practical fp32 matmul ceiling: the best GFLOP/s of `size`^3 matmuls by the
     BLAS libraries at hand (PyTorch's, NumPy's OpenBLAS, ONNX Runtime's MLAS), all cores.
 
@@ -280,7 +315,8 @@ def matmul_ceiling(size: int = 2048, repeats: int = 10) -> dict:
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     candidates = {"pytorch": lambda: ta @ tb, "numpy": lambda: a @ b}
     try:
-        candidates["onnxruntime"] = _onnxruntime_matmul(a, b)
+        if with_onnxruntime:
+            candidates["onnxruntime"] = _onnxruntime_matmul(a, b)
     except ImportError:
         pass
     flops = 2 * size**3
@@ -289,10 +325,13 @@ def matmul_ceiling(size: int = 2048, repeats: int = 10) -> dict:
     return {"gflops": each[best], "library": best, "each": each}
 
 
-def measure_in_subprocess(args: list[str], timeout: float = 1800) -> dict:
-    """Run `python -m bench.peers ARGS` and return the JSON it prints, or the error."""
+def measure_in_subprocess(args: list[str], timeout: float = 1800,
+                          env: dict[str, str] | None = None) -> dict:
+    """Run `python -m bench.peers ARGS` (with `env` added to the environment) and return the
+    JSON it prints, or the error."""
     result = subprocess.run([sys.executable, "-m", "bench.peers", *args], capture_output=True,
-                            text=True, timeout=timeout, check=False, cwd=REPO)
+                            text=True, timeout=timeout, check=False, cwd=REPO,
+                            env={**os.environ, **(env or {})})
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         return {"skipped": tail[:160]}
@@ -301,7 +340,7 @@ def measure_in_subprocess(args: list[str], timeout: float = 1800) -> dict:
 
 def _worker(argv: list[str]) -> None:
     if argv[0] == "ceiling":
-        print(json.dumps(matmul_ceiling()))
+        print(json.dumps(matmul_ceiling(with_onnxruntime="--without-onnxruntime" not in argv)))
         return
     runner, model, batch, repeats = argv[0], argv[1], int(argv[2]), int(argv[3])
     warmup = int(argv[4]) if len(argv) > 4 else 3

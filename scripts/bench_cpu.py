@@ -4,7 +4,7 @@ OpenVINO and the traced route (torch.export -> TVM frontend, same build), fp32, 
 process.
 
     .venv/bin/python scripts/bench_cpu.py [--models M ...] [--batches 1 8] [--repeats 5]
-                                          [--rounds 1]
+                                          [--rounds 1] [--mcpu haswell]
 
 A model is a vision tower by name, `NAME:text` for a PE-Core text tower (batch = texts of 32
 tokens) or `NAME:zero-shot` (one image against batch labels; bench/peers.py). Prints one table:
@@ -18,6 +18,12 @@ each row runs all its runners (and the ceiling) R times in turn and reports each
 over the rounds, so a slow minute falls on every runner of a round rather than on one; the share
 of the ceiling is the median of each round's TVM-to-ceiling ratio, both measured within a
 minute of each other.
+
+`--mcpu NAME` builds TVM for another LLVM CPU of this architecture, so one machine times the
+builds of several vector ISAs: on an AVX-512 machine `--mcpu haswell` times the AVX2 build,
+and its ceiling is then measured with the BLAS libraries held to AVX2 (`AVX2_BLAS_ENV`; ONNX
+Runtime, which has no such switch, is left out of it). The peers run as they would for a user
+of this machine. A CPU whose ISA this one cannot execute is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ and re
 
 from bench.measure import cpu_name  # noqa: E402
 from bench.peers import (  # noqa: E402
+    AVX2_BLAS_ENV,
+    MCPU_VARIABLE,
     RUNNERS,
     TEXT,
     VISION,
@@ -39,6 +47,7 @@ from bench.peers import (  # noqa: E402
     model_config,
     split_model,
     text_model_config,
+    tvm_cpu_target,
 )
 from pe_port.params import forward_flops, text_forward_flops  # noqa: E402
 
@@ -60,7 +69,11 @@ def main() -> int:
     parser.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=RUNNERS)
     parser.add_argument("--rounds", type=int, default=1,
                         help="times each row runs all its runners in turn (median reported)")
+    parser.add_argument("--mcpu", help="build TVM for this LLVM CPU instead of this one (e.g. "
+                        "haswell: the AVX2 build on an AVX-512 machine; its ceiling is then "
+                        "held to AVX2 too)")
     args = parser.parse_args()
+    args.ceiling = ceiling_measurement(args.mcpu)
 
     rows = []
     for model in args.models:
@@ -71,10 +84,27 @@ def main() -> int:
     return 0
 
 
+def ceiling_measurement(mcpu: str | None) -> tuple[list[str], dict[str, str]]:
+    """The ceiling subprocess's arguments and environment. With `mcpu` (exported for the TVM
+    runners, checked here: an unknown or unrunnable CPU stops the run before it starts), an
+    AVX2 build on a wider x86 CPU gets a ceiling whose BLAS libraries are held to AVX2."""
+    from pe_port.build import cpu_target
+    from pe_port.kernels.isa import vector_isa
+
+    if not mcpu:
+        return ["ceiling"], {}
+    os.environ[MCPU_VARIABLE] = mcpu
+    built, own = vector_isa(tvm_cpu_target()).name, vector_isa(cpu_target()).name
+    if built == "avx2" and own == "avx512":
+        return ["ceiling", "--without-onnxruntime"], AVX2_BLAS_ENV
+    return ["ceiling"], {}
+
+
 def measure_row(model: str, batch: int, args: argparse.Namespace, round_index: int) -> dict:
     """One round of a row: the matmul ceiling, then every runner, each in its own process."""
     progress(f"bench: {model} batch {batch} round {round_index + 1}: ceiling")
-    times = {"ceiling": measure_in_subprocess(["ceiling"])}
+    ceiling_args, ceiling_env = args.ceiling
+    times = {"ceiling": measure_in_subprocess(ceiling_args, env=ceiling_env)}
     for runner in args.runners:
         if runner == "tvm-torch-export" and batch != min(args.batches):
             # The traced route runs unscheduled kernels (minutes per pass at batch 8).
@@ -124,12 +154,19 @@ def share_of_ceiling(times: dict, flops: int) -> float | None:
 
 
 def cpu_description() -> str:
-    """The CPU's model name, LLVM's name for it and the vector ISA TVM's kernels are tiled for."""
+    """The CPU's model name, LLVM's name for it and the vector ISA TVM's kernels are tiled for
+    (and the CPU TVM was built for, when `--mcpu` chose another)."""
     from pe_port.build import cpu_target
     from pe_port.kernels.isa import vector_isa
 
-    target = cpu_target()
-    return f"{cpu_name()} ({target.attrs.get('mcpu', 'generic')}, {vector_isa(target).name})"
+    host, built = cpu_target(), tvm_cpu_target()
+    text = f"{cpu_name()} ({host.attrs.get('mcpu', 'generic')}, {vector_isa(host).name})"
+    if os.environ.get(MCPU_VARIABLE):
+        text += f"; TVM built for {built.attrs['mcpu']} ({vector_isa(built).name})"
+        if ceiling_measurement(os.environ[MCPU_VARIABLE])[1]:
+            held = " ".join(f"{name}={value}" for name, value in AVX2_BLAS_ENV.items())
+            text += f"; ceiling held to AVX2 ({held}; ONNX Runtime left out)"
+    return text
 
 
 def model_flops(model: str, batch: int) -> int | None:

@@ -74,3 +74,39 @@ def test_table_prints_the_row_ceiling_and_the_paired_share(capsys, monkeypatch):
     # the share is the median of the pairs 100/200 and 100/100.
     assert lines[3] == ("| PE-Core-T16-384 | 1 | 1000.0 | 1200.0 | 1.20x | 100 | 150 | 75% |")
     assert "rounds tvm (PE-Core-T16-384, batch 1): 1000.0, 1000.0" in lines
+
+
+def test_mcpu_builds_for_a_narrower_isa_and_refuses_what_cannot_run(monkeypatch):
+    from pe_port.build import cpu_target, host_triple
+    from pe_port.kernels.isa import vector_isa
+
+    peers = sys.modules["bench.peers"]
+    if not host_triple().startswith("x86_64"):
+        pytest.skip("the x86 vector ISAs are checked on an x86-64 CPU")
+    monkeypatch.delenv(peers.MCPU_VARIABLE, raising=False)
+    assert peers.tvm_cpu_target().attrs.get("mcpu") == cpu_target().attrs.get("mcpu")
+    monkeypatch.setenv(peers.MCPU_VARIABLE, "x86-64")  # baseline SSE2 runs on any x86-64
+    assert vector_isa(peers.tvm_cpu_target()).name == "sse2"
+    monkeypatch.setenv(peers.MCPU_VARIABLE, "not-a-cpu")
+    with pytest.raises(SystemExit, match="not an LLVM CPU"):
+        peers.tvm_cpu_target()
+    if vector_isa(cpu_target()).name != "avx512":
+        monkeypatch.setenv(peers.MCPU_VARIABLE, "skylake-avx512")
+        with pytest.raises(SystemExit, match="cannot run on this"):
+            peers.tvm_cpu_target()
+
+
+def test_the_avx2_build_on_an_avx512_cpu_gets_an_avx2_ceiling(monkeypatch):
+    import pe_port.kernels.isa as isa
+
+    peers = sys.modules["bench.peers"]
+    if not peers.tvm_cpu_target().attrs["mtriple"].startswith("x86_64"):
+        pytest.skip("the x86 vector ISAs are checked on an x86-64 CPU")
+    # Pretend this CPU is an AVX-512 one: every target but haswell reads as AVX-512.
+    monkeypatch.setattr(isa, "vector_isa", lambda target: isa.AVX2 if target.attrs.get(
+        "mcpu") == "haswell" else isa.AVX512)
+    monkeypatch.setenv(peers.MCPU_VARIABLE, "")  # ceiling_measurement sets it; restored after
+    assert bench_cpu.ceiling_measurement(None) == (["ceiling"], {})
+    assert bench_cpu.ceiling_measurement("haswell") == (
+        ["ceiling", "--without-onnxruntime"], peers.AVX2_BLAS_ENV)
+    assert bench_cpu.ceiling_measurement("skylake-avx512") == (["ceiling"], {})
