@@ -31,8 +31,6 @@ VISION, TEXT, ZERO_SHOT = "vision", "text", "zero-shot"
 LABEL_LENGTHS = (7, 13)
 # An LLVM CPU name the TVM runners build for instead of this CPU (`bench_cpu.py --mcpu`).
 MCPU_VARIABLE = "PE_PORT_BENCH_MCPU"
-# x86 vector ISAs from narrowest to widest: a build for a wider one than this CPU's cannot run.
-X86_ISA_ORDER = ("sse2", "avx2", "avx512")
 
 
 # Holds the ceiling's BLAS libraries to AVX2 on a wider CPU, for the AVX2 build's ceiling
@@ -50,7 +48,7 @@ def tvm_cpu_target():
     from tvm.target import codegen
 
     from pe_port.build import cpu_target, host_triple
-    from pe_port.kernels.isa import vector_isa
+    from pe_port.kernels.isa import runs_on, vector_isa
 
     mcpu = os.environ.get(MCPU_VARIABLE)
     if not mcpu:
@@ -58,12 +56,10 @@ def tvm_cpu_target():
     if not codegen.llvm_is_valid_cpu(mcpu, host_triple()):
         raise SystemExit(f"{MCPU_VARIABLE}={mcpu}: not an LLVM CPU of {host_triple()}")
     target = tvm.target.Target({"kind": "llvm", "mtriple": host_triple(), "mcpu": mcpu})
-    wanted, own = vector_isa(target).name, vector_isa(cpu_target()).name
-    runs_here = (X86_ISA_ORDER.index(wanted) <= X86_ISA_ORDER.index(own)
-                 if {wanted, own} <= set(X86_ISA_ORDER) else wanted == own)
-    if not runs_here:
-        raise SystemExit(f"{MCPU_VARIABLE}={mcpu}: a build for {wanted} cannot run on this "
-                         f"{own} CPU")
+    wanted, own = vector_isa(target), vector_isa(cpu_target())
+    if not runs_on(wanted, own):
+        raise SystemExit(f"{MCPU_VARIABLE}={mcpu}: a build for {wanted.name} cannot run on this "
+                         f"{own.name} CPU")
     return target
 
 

@@ -73,7 +73,9 @@ def main() -> int:
                         "haswell: the AVX2 build on an AVX-512 machine; its ceiling is then "
                         "held to AVX2 too)")
     args = parser.parse_args()
-    args.ceiling = ceiling_measurement(args.mcpu)
+    if args.mcpu:
+        os.environ[MCPU_VARIABLE] = args.mcpu  # read by the TVM runners' processes
+    args.ceiling = ceiling_measurement()  # also refuses a bad --mcpu before anything runs
 
     rows = []
     for model in args.models:
@@ -84,16 +86,13 @@ def main() -> int:
     return 0
 
 
-def ceiling_measurement(mcpu: str | None) -> tuple[list[str], dict[str, str]]:
-    """The ceiling subprocess's arguments and environment. With `mcpu` (exported for the TVM
-    runners, checked here: an unknown or unrunnable CPU stops the run before it starts), an
-    AVX2 build on a wider x86 CPU gets a ceiling whose BLAS libraries are held to AVX2."""
+def ceiling_measurement() -> tuple[list[str], dict[str, str]]:
+    """The ceiling subprocess's arguments and environment: an AVX2 build on a wider x86 CPU
+    (`--mcpu`) gets a ceiling whose BLAS libraries are held to AVX2. `tvm_cpu_target` checks
+    the CPU asked for: an unknown or unrunnable one stops the run here."""
     from pe_port.build import cpu_target
     from pe_port.kernels.isa import vector_isa
 
-    if not mcpu:
-        return ["ceiling"], {}
-    os.environ[MCPU_VARIABLE] = mcpu
     built, own = vector_isa(tvm_cpu_target()).name, vector_isa(cpu_target()).name
     if built == "avx2" and own == "avx512":
         return ["ceiling", "--without-onnxruntime"], AVX2_BLAS_ENV
@@ -163,7 +162,7 @@ def cpu_description() -> str:
     text = f"{cpu_name()} ({host.attrs.get('mcpu', 'generic')}, {vector_isa(host).name})"
     if os.environ.get(MCPU_VARIABLE):
         text += f"; TVM built for {built.attrs['mcpu']} ({vector_isa(built).name})"
-        if ceiling_measurement(os.environ[MCPU_VARIABLE])[1]:
+        if ceiling_measurement()[1]:
             held = " ".join(f"{name}={value}" for name, value in AVX2_BLAS_ENV.items())
             text += f"; ceiling held to AVX2 ({held}; ONNX Runtime left out)"
     return text

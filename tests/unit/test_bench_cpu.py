@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import peers
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_cpu.py"
 
 
@@ -80,7 +82,6 @@ def test_mcpu_builds_for_a_narrower_isa_and_refuses_what_cannot_run(monkeypatch)
     from pe_port.build import cpu_target, host_triple
     from pe_port.kernels.isa import vector_isa
 
-    peers = sys.modules["bench.peers"]
     if not host_triple().startswith("x86_64"):
         pytest.skip("the x86 vector ISAs are checked on an x86-64 CPU")
     monkeypatch.delenv(peers.MCPU_VARIABLE, raising=False)
@@ -99,14 +100,15 @@ def test_mcpu_builds_for_a_narrower_isa_and_refuses_what_cannot_run(monkeypatch)
 def test_the_avx2_build_on_an_avx512_cpu_gets_an_avx2_ceiling(monkeypatch):
     import pe_port.kernels.isa as isa
 
-    peers = sys.modules["bench.peers"]
+    monkeypatch.delenv(peers.MCPU_VARIABLE, raising=False)
     if not peers.tvm_cpu_target().attrs["mtriple"].startswith("x86_64"):
         pytest.skip("the x86 vector ISAs are checked on an x86-64 CPU")
     # Pretend this CPU is an AVX-512 one: every target but haswell reads as AVX-512.
     monkeypatch.setattr(isa, "vector_isa", lambda target: isa.AVX2 if target.attrs.get(
         "mcpu") == "haswell" else isa.AVX512)
-    monkeypatch.setenv(peers.MCPU_VARIABLE, "")  # ceiling_measurement sets it; restored after
-    assert bench_cpu.ceiling_measurement(None) == (["ceiling"], {})
-    assert bench_cpu.ceiling_measurement("haswell") == (
+    assert bench_cpu.ceiling_measurement() == (["ceiling"], {})
+    monkeypatch.setenv(peers.MCPU_VARIABLE, "haswell")
+    assert bench_cpu.ceiling_measurement() == (
         ["ceiling", "--without-onnxruntime"], peers.AVX2_BLAS_ENV)
-    assert bench_cpu.ceiling_measurement("skylake-avx512") == (["ceiling"], {})
+    monkeypatch.setenv(peers.MCPU_VARIABLE, "skylake-avx512")
+    assert bench_cpu.ceiling_measurement() == (["ceiling"], {})

@@ -15,7 +15,7 @@ from pe_port.config import MODEL_NAMES, PE_TEXT_CONFIG, get_config
 from pe_port.errors import TargetError
 from pe_port.kernels.attention import attention_tile, key_chunk
 from pe_port.kernels.dense import dense_tile
-from pe_port.kernels.isa import AVX2, AVX512, NEON, SSE2, vector_isa
+from pe_port.kernels.isa import AVX2, AVX512, NEON, SSE2, runs_on, vector_isa
 
 ISAS = (AVX512, AVX2, NEON, SSE2)
 
@@ -62,6 +62,12 @@ def test_attention_tile_fits_the_registers_and_divides_every_head(isa):
         assert rows * key_chunk(isa) // isa.lanes <= isa.accumulators  # the scores tile
         assert rows * math.ceil(dcols / isa.lanes) <= isa.accumulators  # the output tile
         assert rows == 6  # each loaded key or value vector feeds 6 FMAs
+
+
+def test_an_x86_build_runs_on_its_own_isa_and_wider_ones_only():
+    assert runs_on(SSE2, AVX2) and runs_on(AVX2, AVX512) and runs_on(AVX2, AVX2)
+    assert not runs_on(AVX512, AVX2) and not runs_on(AVX2, SSE2)
+    assert runs_on(NEON, NEON) and not runs_on(NEON, AVX512) and not runs_on(SSE2, NEON)
 
 
 def test_avx512_tiles_are_the_ones_the_avx512_table_was_measured_with():

@@ -52,6 +52,18 @@ NEON = VectorIsa("neon", lanes=4, registers=32)
 SSE2 = VectorIsa("sse2", lanes=4, registers=16)
 
 
+# The x86 ISAs from narrowest to widest, each a superset of the ones before it.
+X86_BY_WIDTH = (SSE2, AVX2, AVX512)
+
+
+def runs_on(built: VectorIsa, host: VectorIsa) -> bool:
+    """Whether kernels tiled for `built` execute on a CPU whose vector unit is `host`: an x86
+    ISA on its own and on every wider one, NEON on NEON."""
+    if built in X86_BY_WIDTH and host in X86_BY_WIDTH:
+        return X86_BY_WIDTH.index(built) <= X86_BY_WIDTH.index(host)
+    return built == host
+
+
 def vector_isa(target: tvm.target.Target) -> VectorIsa:
     """The vector unit of an LLVM target, from the features its `mcpu` / `mattr` enable."""
 
